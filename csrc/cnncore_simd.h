@@ -1,0 +1,88 @@
+/* Small C helpers for the Cython kernels: loops that want `restrict` and `#pragma omp simd`,
+ * and the flush-to-zero switch. Included from Cython with `cdef extern from "cnncore_simd.h"`.
+ * Every helper exists for float (suffix _f) and double (suffix _d). */
+#ifndef CNNCORE_SIMD_H
+#define CNNCORE_SIMD_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__SSE__) || defined(_M_X64) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define CNN_HAVE_MXCSR 1
+#else
+#define CNN_HAVE_MXCSR 0
+#endif
+
+#ifdef _OPENMP
+#define CNN_SIMD _Pragma("omp simd")
+#else
+#define CNN_SIMD
+#endif
+
+/* dst[i] = src[i * stride] for i in [0, n): one im2col row segment (a strided gather). */
+#define CNN_DEFINE_GATHER(T, SUF)                                                          \
+    static inline void cnn_gather_##SUF(T *restrict dst, const T *restrict src,          \
+                                          ptrdiff_t n, ptrdiff_t stride) {                \
+        if (stride == 1) { memcpy(dst, src, (size_t)n * sizeof(T)); return; }             \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = src[i * stride];             \
+    }
+
+/* dst[i * stride] += src[i] for i in [0, n): one col2im row segment (a strided scatter-add).
+ * With stride >= 1 no two i hit the same dst element, so the loop has no dependence. */
+#define CNN_DEFINE_SCATTER_ADD(T, SUF)                                                     \
+    static inline void cnn_scatter_add_##SUF(T *restrict dst, const T *restrict src,     \
+                                               ptrdiff_t n, ptrdiff_t stride) {           \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i * stride] += src[i];            \
+    }
+
+/* ReLU family on a contiguous block, written as selects so that the compiler vectorises
+ * them (a branchy loop mispredicts on random signs). slope = 0 gives plain ReLU. */
+#define CNN_DEFINE_RELU(T, SUF)                                                            \
+    static inline void cnn_leaky_relu_##SUF(T *restrict y, const T *restrict x,          \
+                                              ptrdiff_t n, T slope) {                     \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : x[i] * slope; \
+    }                                                                                     \
+    static inline void cnn_relu_##SUF(T *restrict y, const T *restrict x, ptrdiff_t n) {  \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) y[i] = x[i] <= 0 ? (T)0 : x[i]; /* NaN stays NaN */ \
+    }                                                                                     \
+    static inline void cnn_relu_backward_##SUF(T *restrict dx, const T *restrict dy,     \
+                                                 const T *restrict x, ptrdiff_t n) {      \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : (T)0;      \
+    }                                                                                     \
+    static inline void cnn_leaky_relu_backward_##SUF(T *restrict dx, const T *restrict dy, \
+                                                       const T *restrict x, ptrdiff_t n,   \
+                                                       T slope) {                          \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : dy[i] * slope; \
+    }
+
+CNN_DEFINE_RELU(float, f)
+CNN_DEFINE_RELU(double, d)
+CNN_DEFINE_GATHER(float, f)
+CNN_DEFINE_GATHER(double, d)
+CNN_DEFINE_SCATTER_ADD(float, f)
+CNN_DEFINE_SCATTER_ADD(double, d)
+
+/* Flush-to-zero / denormals-are-zero for the calling thread (x86 MXCSR bits 15 and 6).
+ * Returns the previous MXCSR value so the caller can restore it; a no-op returning 0 elsewhere. */
+static inline unsigned int cnn_set_flush_denormals(int enable) {
+#if CNN_HAVE_MXCSR
+    unsigned int old = _mm_getcsr();
+    unsigned int bits = 0x8040u;
+    _mm_setcsr(enable ? (old | bits) : (old & ~bits));
+    return old;
+#else
+    (void)enable;
+    return 0u;
+#endif
+}
+
+static inline void cnn_restore_mxcsr(unsigned int old) {
+#if CNN_HAVE_MXCSR
+    _mm_setcsr(old);
+#else
+    (void)old;
+#endif
+}
+
+#endif /* CNNCORE_SIMD_H */

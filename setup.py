@@ -1,0 +1,109 @@
+"""Build the Cython/OpenMP extensions of cnncore.
+
+Environment switches:
+- ``CNNCORE_NO_OPENMP=1``: build serially (no -fopenmp) even if the compiler supports it.
+- ``CNNCORE_CYTHON_DEBUG=1``: turn bounds/wraparound/initialisation checks back on.
+- ``CNNCORE_ANNOTATE=1``: write Cython's annotated HTML next to each .pyx.
+"""
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent.resolve()
+KERNELS = ["_openmp_helpers", "_blas", "conv", "pool", "activations", "dense"]
+OPT_FLAGS = ["-O3"]
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _compiler():
+    return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+
+
+def _openmp_flags():
+    """Compile and run a tiny OpenMP program; return the flags if it works, else []."""
+    if _flag("CNNCORE_NO_OPENMP"):
+        print("cnncore: CNNCORE_NO_OPENMP is set: building without OpenMP (serial kernels)")
+        return []
+    if sys.platform == "win32":
+        return ["/openmp"]
+    flags = ["-fopenmp"]
+    code = textwrap.dedent("""
+        #include <omp.h>
+        #include <stdio.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            printf("%d", n > 0);
+            return 0;
+        }
+    """)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp, "omp.c"), Path(tmp, "omp")
+        src.write_text(code)
+        try:
+            subprocess.run([_compiler(), *flags, str(src), "-o", str(exe)], check=True,
+                           capture_output=True, timeout=120)
+            ok = subprocess.run([str(exe)], capture_output=True, text=True,
+                                timeout=60).stdout == "1"
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if not ok:
+        warnings.warn("cnncore: the C compiler does not support OpenMP; building the kernels "
+                      "serially (correct, but single-threaded)")
+        return []
+    return flags
+
+
+def _write_build_info(openmp_flags, compile_args):
+    info = HERE / "src" / "cnncore" / "_build_info.py"
+    info.write_text(
+        '"""Written by setup.py at build time."""\n'
+        f"OPENMP_FLAGS = {openmp_flags!r}\n"
+        f"COMPILE_ARGS = {compile_args!r}\n"
+        f"COMPILER = {_compiler()!r}\n"
+    )
+
+
+def extensions():
+    omp = _openmp_flags()
+    compile_args = OPT_FLAGS + omp if sys.platform != "win32" else ["/O2"] + omp
+    link_args = omp if sys.platform != "win32" else []
+    _write_build_info(omp, compile_args)
+    exts = [
+        Extension(
+            f"cnncore._kernels.{name}",
+            [f"src/cnncore/_kernels/{name}.pyx"],
+            include_dirs=[np.get_include(), "csrc"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        )
+        for name in KERNELS
+    ]
+    debug = _flag("CNNCORE_CYTHON_DEBUG")
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": debug,
+        "initializedcheck": debug,
+        "cdivision": not debug,
+        "embedsignature": True,
+    }
+    return cythonize(exts, compiler_directives=directives, annotate=_flag("CNNCORE_ANNOTATE"),
+                     include_path=["src"])
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,67 @@
+"""Argument normalisation shared by :mod:`cnncore.functional` and :mod:`cnncore.reference`.
+
+Only hyper-parameters are parsed here (ints, pairs, padding modes); array checks live in
+:mod:`cnncore._checks`.
+"""
+
+import numbers
+
+PADDING_MODES = ("valid", "same", "full")
+
+
+def pair(value, name, *, minimum=None, where="cnncore"):
+    """Return ``value`` as a tuple of two Python ints.
+
+    Parameters
+    ----------
+    value : int or sequence of two ints
+    name : str
+        Argument name used in error messages.
+    minimum : int, optional
+        Smallest allowed value of each entry.
+    where : str
+        The function or layer named in error messages.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{where}: {name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(out) < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def conv_padding(padding, kernel_size, dilation, *, where="conv2d"):
+    """Resolve ``padding`` (int, pair or 'valid' / 'same' / 'full') to ``(ph, pw)``.
+
+    'valid' is no padding; 'same' is ``p = d*(k-1)//2`` (for an odd effective kernel, so that
+    a stride-1 output keeps the input size); 'full' is ``p = d*(k-1)`` (every partial overlap).
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in PADDING_MODES:
+            raise ValueError(f"{where}: padding must be an int, a pair or one of "
+                             f"{PADDING_MODES}, got {padding!r}")
+        span = tuple(d * (k - 1) for k, d in zip(kernel_size, dilation))
+        if mode == "valid":
+            return (0, 0)
+        if mode == "full":
+            return span
+        if any(s % 2 for s in span):
+            raise ValueError(f"{where}: padding='same' needs an odd (dilated) kernel size, got "
+                             f"kernel_size={kernel_size}, dilation={dilation}")
+        return (span[0] // 2, span[1] // 2)
+    return pair(padding, "padding", minimum=0, where=where)
+
+
+def out_size(size, kernel, stride, padding, dilation, *, where="conv2d", axis="H"):
+    """Output length along one axis: ``floor((H + 2p - d(k-1) - 1) / s) + 1``."""
+    span = dilation * (kernel - 1) + 1
+    if size + 2 * padding < span:
+        raise ValueError(f"{where}: kernel extent {span} (kernel {kernel}, dilation {dilation}) is "
+                         f"larger than the padded input {axis}={size}+2*{padding}")
+    return (size + 2 * padding - span) // stride + 1

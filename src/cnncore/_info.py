@@ -1,0 +1,54 @@
+"""``cnncore.show_config()``: what this build is and how it will run."""
+
+import platform
+import sys
+
+from ._config import get_num_threads
+from ._version import __version__
+
+
+def _blas_info():
+    from threadpoolctl import threadpool_info
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl can see it)
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    scipy_libs = [i for i in libs if "/scipy" in (i.get("filepath") or "")] or libs
+    return [f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '?')} "
+            f"threading, {i.get('architecture', '?')}, {i.get('filepath')})"
+            for i in scipy_libs]
+
+
+def config():
+    """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
+    from ._kernels import _openmp_helpers
+    try:
+        from . import _build_info as build
+        flags = build.COMPILE_ARGS
+        compiler = build.COMPILER
+    except ImportError:  # built by a tool that skipped setup.py's build-info step
+        flags, compiler = [], "unknown"
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "openmp": _openmp_helpers.openmp_enabled(),
+        "openmp_max_threads": _openmp_helpers.openmp_max_threads(),
+        "default_threads": get_num_threads(),
+        "blas": _blas_info(),
+        "compiler": compiler,
+        "compile_flags": flags,
+    }
+
+
+def show_config(file=None):
+    """Print the version, OpenMP on/off, BLAS in use, default thread count and compiler flags."""
+    c = config()
+    lines = [
+        f"cnncore {c['version']} (Python {c['python']}, {c['platform']})",
+        f"  OpenMP:          {'on' if c['openmp'] else 'off (serial build)'}"
+        + (f", runtime max threads {c['openmp_max_threads']}" if c["openmp"] else ""),
+        f"  default threads: {c['default_threads']} (cnncore.set_num_threads / "
+        "CNNCORE_NUM_THREADS)",
+        "  BLAS:            " + ("\n                   ".join(c["blas"]) or "not found"),
+        f"  compiler:        {c['compiler']} {' '.join(c['compile_flags'])}",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,91 @@
+"""Fully connected (linear) layer: ``y = x @ w.T + b`` with w of shape (out, in).
+
+The GEMMs are cut into blocks of a fixed size (independent of the thread count), one
+single-threaded BLAS call per block, spread over OpenMP threads: every output element is
+computed by the same call whatever ``n_threads`` is, so results are bit-identical.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
+
+cdef enum:
+    BLOCK = 64  # rows per GEMM block
+
+
+cdef void _forward_block(const floating* x, const floating* w, const floating* b,
+                         bint has_bias, floating* y, Py_ssize_t rows, Py_ssize_t n_in,
+                         Py_ssize_t n_out) noexcept nogil:
+    """y[rows, :] = x[rows, :] @ w.T (+ b)."""
+    cdef Py_ssize_t r, o
+    cdef floating beta = 0
+    if has_bias:
+        for r in range(rows):
+            for o in range(n_out):
+                y[r * n_out + o] = b[o]
+        beta = 1
+    _gemm(NoTrans, Trans, <int> rows, <int> n_out, <int> n_in, <floating> 1, x, <int> n_in,
+          w, <int> n_in, beta, y, <int> n_out)
+
+
+def linear_forward(const floating[:, ::1] x,   # IN  (N, in)
+                   const floating[:, ::1] w,   # IN  (out, in)
+                   const floating[::1] b,      # IN  (out,) or (0,) for none
+                   floating[:, ::1] y,         # OUT (N, out)
+                   int n_threads):
+    cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
+    cdef Py_ssize_t blk, r0, n_blocks = (N + BLOCK - 1) // BLOCK
+    cdef bint has_bias = b.shape[0] > 0
+    for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
+        r0 = blk * BLOCK
+        _forward_block(&x[r0, 0], &w[0, 0], &b[0], has_bias, &y[r0, 0],
+                       min(BLOCK, N - r0), n_in, n_out)
+
+
+cdef void _grad_input_block(const floating* dy, const floating* w, floating* dx,
+                            Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """dx[rows, :] = dy[rows, :] @ w."""
+    _gemm(NoTrans, NoTrans, <int> rows, <int> n_in, <int> n_out, <floating> 1, dy,
+          <int> n_out, w, <int> n_in, <floating> 0, dx, <int> n_in)
+
+
+cdef void _grad_weight_block(const floating* dy, const floating* x, floating* dw,
+                             Py_ssize_t N, Py_ssize_t outs, Py_ssize_t n_in,
+                             Py_ssize_t n_out) noexcept nogil:
+    """dw[outs, :] = dy[:, outs].T @ x (a sum over the batch, in BLAS's fixed order)."""
+    _gemm(Trans, NoTrans, <int> outs, <int> n_in, <int> N, <floating> 1, dy, <int> n_out,
+          x, <int> n_in, <floating> 0, dw, <int> n_in)
+
+
+cdef void _column_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride,
+                      floating* out) noexcept nogil:
+    cdef Py_ssize_t n
+    cdef double s = 0
+    for n in range(N):
+        s = s + dy[n * stride]
+    out[0] = <floating> s
+
+
+def linear_backward(const floating[:, ::1] dy,  # IN  (N, out)
+                    const floating[:, ::1] x,   # IN  (N, in)
+                    const floating[:, ::1] w,   # IN  (out, in)
+                    floating[:, ::1] dx,        # OUT (N, in)
+                    floating[:, ::1] dw,        # OUT (out, in)
+                    floating[::1] db,           # OUT (out,)
+                    int n_threads):
+    cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
+    cdef Py_ssize_t blk, r0, o
+    cdef Py_ssize_t row_blocks = (N + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t out_blocks = (n_out + BLOCK - 1) // BLOCK
+    for blk in prange(row_blocks + out_blocks, nogil=True, schedule='static',
+                      num_threads=n_threads):
+        if blk < row_blocks:
+            r0 = blk * BLOCK
+            _grad_input_block(&dy[r0, 0], &w[0, 0], &dx[r0, 0], min(BLOCK, N - r0),
+                              n_in, n_out)
+        else:
+            r0 = (blk - row_blocks) * BLOCK
+            _grad_weight_block(&dy[0, r0], &x[0, 0], &dw[r0, 0], N,
+                               min(BLOCK, n_out - r0), n_in, n_out)
+    for o in prange(n_out, nogil=True, schedule='static', num_threads=n_threads):
+        _column_sum(&dy[0, o], N, n_out, &db[o])

@@ -1,0 +1,562 @@
+"""The public kernel API, in the manner of ``torch.nn.functional``: NumPy arrays in and out.
+
+Every function validates its arguments here, at the Python boundary, and then runs a
+compiled Cython/OpenMP kernel with bounds checks off. :mod:`cnncore.reference` holds a
+NumPy twin of each function with the same name and signature.
+
+Conventions
+-----------
+- Activations are NCHW (``(N, C, L)`` for 1-D), weights ``(C_out, C_in // groups, kH, kW)``;
+  convolution is cross-correlation (the kernel is not flipped), as in PyTorch.
+- ``padding`` is an int, a pair, or ``'valid'`` (0), ``'same'`` (``d*(k-1)//2``, odd kernels
+  only) or ``'full'`` (``d*(k-1)``); ``stride`` and ``dilation`` are an int or a pair. The
+  output size is ``floor((H + 2p - d(k-1) - 1) / s) + 1``.
+- float32 and float64 are supported; the output dtype follows the input. Integer and bool
+  inputs are cast to the float dtype of the other array arguments (float32 if none);
+  float32 mixed with float64 raises TypeError. Non-contiguous inputs are copied.
+- ``n_threads=None`` uses :func:`cnncore.get_num_threads`. Results are bit-identical for
+  every thread count: reductions over the batch run in a fixed order.
+- Bad shapes raise ValueError, bad dtypes or argument types TypeError, naming the function
+  and the expected and received shapes.
+"""
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from ._args import conv_padding, out_size, pair
+from ._checks import check_blas_size, check_int, check_ndim, check_shape, float_arrays
+from ._config import resolve_threads
+from ._kernels import activations as _act
+from ._kernels import conv as _conv
+from ._kernels import dense as _dense
+from ._kernels import pool as _pool
+
+__all__ = [
+    "conv2d", "conv2d_backward", "conv1d", "conv1d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "global_avg_pool2d", "global_avg_pool2d_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
+]
+
+# Element-wise kernels below this size run on one thread: waking threads costs more.
+_SERIAL_BELOW = 1 << 15
+# Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
+# of their partial sums. Both depend on shapes only, never on the thread count.
+_MAX_DW_CHUNKS = 16
+_DW_CHUNK_BYTES = 64 << 20
+
+_blas = None
+
+
+def _single_threaded_blas():
+    """Context manager: BLAS on one thread while our OpenMP threads call it (no N*M
+    oversubscription), as scikit-learn does around its prange + GEMM loops."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController().select(user_api="blas")
+    return _blas.limit(limits=1)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+class _ConvGeometry:
+    __slots__ = ("stride", "padding", "dilation", "groups", "out_hw")
+
+    def __init__(self, where, x_shape, w_shape, stride, padding, dilation, groups, show=tuple):
+        n, c, h, w = x_shape
+        c_out, cg, kh, kw = w_shape
+        x_shape, w_shape = show(x_shape), show(w_shape)  # as the caller sees them
+        self.groups = groups = check_int(where, "groups", groups, 1)
+        self.stride = pair(stride, "stride", minimum=1, where=where)
+        self.dilation = pair(dilation, "dilation", minimum=1, where=where)
+        self.padding = conv_padding(padding, (kh, kw), self.dilation, where=where)
+        if min(c_out, cg, kh, kw) < 1:
+            raise ValueError(f"{where}: weight must have no empty dimension, got {w_shape}")
+        if min(c, h, w) < 1:
+            raise ValueError(f"{where}: x must have no empty channel or spatial dimension, "
+                             f"got {x_shape}")
+        if c_out % groups:
+            raise ValueError(f"{where}: out channels {c_out} (weight shape {w_shape}) are not "
+                             f"divisible by groups={groups}")
+        if cg * groups != c:
+            raise ValueError(f"{where}: x has {c} channels (shape {x_shape}) but weight "
+                             f"{w_shape} with groups={groups} expects {cg * groups}")
+        self.out_hw = (
+            out_size(h, kh, self.stride[0], self.padding[0], self.dilation[0], where=where,
+                     axis="H"),
+            out_size(w, kw, self.stride[1], self.padding[1], self.dilation[1], where=where,
+                     axis="W"),
+        )
+        check_blas_size(where, cg * kh * kw * self.out_hw[0] * self.out_hw[1],
+                        c_out * self.out_hw[0] * self.out_hw[1], c_out * cg * kh * kw)
+
+    def kernel_args(self):
+        return (*self.stride, *self.padding, *self.dilation, self.groups)
+
+
+def _drop_height(shape):
+    """How a conv1d caller sees the (N, C, 1, L) arrays the 2-D kernels work on."""
+    return tuple(shape[:2]) + tuple(shape[3:])
+
+
+def _conv_inputs(where, x, weight, stride, padding, dilation, groups, bias=None,
+                 grad_out=None, one_d=False):
+    x, weight, bias, grad_out = float_arrays(where, x=x, weight=weight, bias=bias,
+                                             grad_out=grad_out)
+    show = tuple
+    if one_d:  # conv1d: (N, C, L) runs as (N, C, 1, L) with a (C_out, C_in/g, 1, k) kernel
+        check_ndim(where, "x", x, 3, "(N, C, L)")
+        check_ndim(where, "weight", weight, 3, "(C_out, C_in/groups, k)")
+        x, weight, show = x[:, :, None, :], weight[:, :, None, :], _drop_height
+        if grad_out is not None:
+            check_ndim(where, "grad_out", grad_out, 3, "(N, C_out, L_out)")
+            grad_out = grad_out[:, :, None, :]
+    check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    check_ndim(where, "weight", weight, 4, "(C_out, C_in/groups, kH, kW)")
+    geo = _ConvGeometry(where, x.shape, weight.shape, stride, padding, dilation, groups, show)
+    if bias is not None:
+        check_shape(where, "bias", bias, (weight.shape[0],))
+    if grad_out is not None:
+        expected = (x.shape[0], weight.shape[0], *geo.out_hw)
+        if grad_out.shape != expected:
+            raise ValueError(f"{where}: grad_out must have shape {show(expected)}, got "
+                             f"{show(grad_out.shape)}")
+    return x, weight, bias, grad_out, geo
+
+
+def _work(n_threads, size, dtype):
+    """One im2col buffer per thread (at least one element, so a pointer to it exists)."""
+    return np.empty((n_threads, max(size, 1)), dtype=dtype)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """2-D convolution (cross-correlation) of a batch of images.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_out, C_in // groups, kH, kW)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), or 'valid' / 'same' / 'full'
+    groups : int
+        Input and output channels are split into ``groups`` independent convolutions
+        (``groups == C_in`` is a depthwise convolution).
+    n_threads : int, optional
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Ho, Wo), with ``Ho = floor((H + 2p - d(kH-1) - 1)/s) + 1``.
+    """
+    return _conv_forward("conv2d", x, weight, bias, stride, padding, dilation, groups,
+                         n_threads)
+
+
+def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
+                  one_d=False):
+    x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
+                                           groups, bias=bias, one_d=one_d)
+    n_threads = resolve_threads(n_threads, where)
+    n, c = x.shape[:2]
+    c_out, cg, kh, kw = weight.shape
+    y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
+    if n == 0:
+        return y
+    b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+    work = _work(n_threads, cg * kh * kw * geo.out_hw[0] * geo.out_hw[1], x.dtype)
+    with _single_threaded_blas():
+        _conv.conv2d_forward(x, weight, b, y, work, *geo.kernel_args(), n_threads)
+    return y
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None):
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    return _conv_backward("conv2d_backward", grad_out, x, weight, stride, padding, dilation,
+                          groups, n_threads)
+
+
+def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups, n_threads,
+                   one_d=False):
+    x, weight, _, grad_out, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
+                                               groups, grad_out=grad_out, one_d=one_d)
+    n_threads = resolve_threads(n_threads, where)
+    n = x.shape[0]
+    c_out, cg, kh, kw = weight.shape
+    k_g = cg * kh * kw
+    grad_x = np.empty_like(x)
+    grad_bias = np.empty(c_out, dtype=x.dtype)
+    if n == 0:
+        return grad_x, np.zeros_like(weight), np.zeros_like(grad_bias)
+    # Fixed batch chunks for the weight gradient: their number depends on shapes only.
+    n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
+    dw_part = np.empty((n_chunks, c_out, k_g), dtype=x.dtype)
+    work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
+    with _single_threaded_blas():
+        _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
+                              *geo.kernel_args(), True, n_threads)
+    if n_chunks == 1:
+        grad_weight = dw_part[0]
+    else:
+        grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
+        _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
+    _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
+    return grad_x, grad_weight.reshape(weight.shape), grad_bias
+
+
+def _conv1d_args(where, stride, padding, dilation):
+    """Map 1-D hyper-parameters onto the 2-D kernels (a height-1 image, a 1 x k kernel)."""
+    def scalar(v, name):
+        if isinstance(v, (tuple, list)):
+            if len(v) != 1:
+                raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {v!r}")
+            return v[0]
+        return v
+    padding = scalar(padding, "padding")
+    stride, dilation = scalar(stride, "stride"), scalar(dilation, "dilation")
+    for name, v in (("stride", stride), ("dilation", dilation)):
+        check_int(where, name, v, 1)
+    if not isinstance(padding, str):
+        check_int(where, "padding", padding, 0)
+        padding = (0, padding)
+    return (1, stride), padding, (1, dilation)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """1-D convolution of sequences ``(N, C_in, L)`` with weights ``(C_out, C_in // groups, k)``,
+    computed by the 2-D kernels on a height-1 image. Returns ``(N, C_out, L_out)``."""
+    where = "conv1d"
+    s, p, d = _conv1d_args(where, stride, padding, dilation)
+    y = _conv_forward(where, x, weight, bias, s, p, d, groups, n_threads, one_d=True)
+    return y[:, :, 0, :]
+
+
+def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None):
+    """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``."""
+    where = "conv1d_backward"
+    s, p, d = _conv1d_args(where, stride, padding, dilation)
+    gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
+                                one_d=True)
+    return gx[:, :, 0, :], gw[:, :, 0, :], gb
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _pool_inputs(where, x, kernel_size, stride, padding, grad_out=None):
+    x, grad_out = float_arrays(where, x=x, grad_out=grad_out)
+    check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    k = pair(kernel_size, "kernel_size", minimum=1, where=where)
+    s = k if stride is None else pair(stride, "stride", minimum=1, where=where)
+    p = pair(padding, "padding", minimum=0, where=where)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{where}: padding {p} must be at most half the kernel size {k}")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{where}: x must have no empty channel or spatial dimension, "
+                         f"got {x.shape}")
+    o = (out_size(x.shape[2], k[0], s[0], p[0], 1, where=where, axis="H"),
+         out_size(x.shape[3], k[1], s[1], p[1], 1, where=where, axis="W"))
+    if grad_out is not None:
+        check_shape(where, "grad_out", grad_out, (*x.shape[:2], *o))
+    return x, grad_out, (*k, *s, *p), o
+
+
+def _planes(a):
+    """(N, C, H, W) -> (N*C, H, W) view."""
+    return a.reshape(-1, a.shape[2], a.shape[3])
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
+    """Max pooling over ``kernel_size`` windows (``stride=None`` means stride = kernel_size);
+    ``padding`` (at most half the kernel) is never selected. Returns (N, C, Ho, Wo)."""
+    where = "max_pool2d"
+    x, _, args, o = _pool_inputs(where, x, kernel_size, stride, padding)
+    y = np.empty((*x.shape[:2], *o), dtype=x.dtype)
+    if y.size:
+        _pool.max_pool2d_forward(_planes(x), _planes(y), *args,
+                                 resolve_threads(n_threads, where))
+    return y
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, n_threads=None):
+    """Gradient of :func:`max_pool2d`: each output gradient goes to its window's argmax
+    (the first one on ties); overlapping windows add up."""
+    where = "max_pool2d_backward"
+    x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
+    grad_x = np.empty_like(x)
+    if x.size:
+        _pool.max_pool2d_backward(_planes(grad_out), _planes(x), _planes(grad_x), *args,
+                                  resolve_threads(n_threads, where))
+    return grad_x
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, n_threads=None):
+    """Average pooling; with ``count_include_pad=False`` padded zeros are left out of the
+    divisor. Returns (N, C, Ho, Wo)."""
+    where = "avg_pool2d"
+    x, _, args, o = _pool_inputs(where, x, kernel_size, stride, padding)
+    y = np.empty((*x.shape[:2], *o), dtype=x.dtype)
+    if y.size:
+        _pool.avg_pool2d_forward(_planes(x), _planes(y), *args, bool(count_include_pad),
+                                 resolve_threads(n_threads, where))
+    return y
+
+
+def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
+                        count_include_pad=True, n_threads=None):
+    """Gradient of :func:`avg_pool2d`: each output gradient is spread evenly over its
+    window; overlapping windows add up."""
+    where = "avg_pool2d_backward"
+    x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
+    grad_x = np.empty_like(x)
+    if x.size:
+        _pool.avg_pool2d_backward(_planes(grad_out), _planes(grad_x), *args,
+                                  bool(count_include_pad), resolve_threads(n_threads, where))
+    return grad_x
+
+
+def global_avg_pool2d(x, n_threads=None):
+    """Mean over the spatial dimensions: (N, C, H, W) -> (N, C)."""
+    where = "global_avg_pool2d"
+    x = float_arrays(where, x=x)
+    check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"{where}: x must have H, W >= 1, got {x.shape}")
+    y = np.empty(x.shape[:2], dtype=x.dtype)
+    if y.size:
+        _pool.global_avg_pool2d_forward(x.reshape(y.size, -1), y.reshape(-1),
+                                        resolve_threads(n_threads, where))
+    return y
+
+
+def global_avg_pool2d_backward(grad_out, x, n_threads=None):
+    """Gradient of :func:`global_avg_pool2d`: every pixel gets ``grad_out[n, c] / (H*W)``."""
+    where = "global_avg_pool2d_backward"
+    grad_out, x = float_arrays(where, grad_out=grad_out, x=x)
+    check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    check_shape(where, "grad_out", grad_out, x.shape[:2])
+    grad_x = np.empty_like(x)
+    if x.size:
+        _pool.global_avg_pool2d_backward(grad_out.reshape(-1), grad_x.reshape(grad_out.size, -1),
+                                         resolve_threads(n_threads, where))
+    return grad_x
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _elementwise(where, kernel, x, *extra, grad_out=None, n_threads=None):
+    if grad_out is None:
+        x = float_arrays(where, x=x)
+        inputs = (x.reshape(-1),)
+    else:
+        grad_out, x = float_arrays(where, grad_out=grad_out, x=x)
+        check_shape(where, "grad_out", grad_out, x.shape)
+        inputs = (grad_out.reshape(-1), x.reshape(-1))
+    out = np.empty_like(x)
+    threads = resolve_threads(n_threads, where)
+    if x.size < _SERIAL_BELOW:
+        threads = 1
+    kernel(*inputs, out.reshape(-1), *extra, threads)
+    return out
+
+
+def relu(x, n_threads=None):
+    """``max(x, 0)``, element-wise, any shape."""
+    return _elementwise("relu", _act.leaky_relu_forward, x, 0.0, n_threads=n_threads)
+
+
+def relu_backward(grad_out, x, n_threads=None):
+    """``grad_out`` where ``x > 0``, else 0."""
+    return _elementwise("relu_backward", _act.leaky_relu_backward, x, 0.0, grad_out=grad_out,
+                        n_threads=n_threads)
+
+
+def _slope(where, negative_slope):
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.number)):
+        raise TypeError(f"{where}: negative_slope must be a number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def leaky_relu(x, negative_slope=0.01, n_threads=None):
+    """``x`` where ``x > 0``, else ``negative_slope * x``."""
+    where = "leaky_relu"
+    return _elementwise(where, _act.leaky_relu_forward, x, _slope(where, negative_slope),
+                        n_threads=n_threads)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
+    """``grad_out`` where ``x > 0``, else ``negative_slope * grad_out``."""
+    where = "leaky_relu_backward"
+    return _elementwise(where, _act.leaky_relu_backward, x, _slope(where, negative_slope),
+                        grad_out=grad_out, n_threads=n_threads)
+
+
+def sigmoid(x, n_threads=None):
+    """``1 / (1 + exp(-x))``, computed without overflow for large ``|x|``."""
+    return _elementwise("sigmoid", _act.sigmoid_forward, x, n_threads=n_threads)
+
+
+def sigmoid_backward(grad_out, x, n_threads=None):
+    """``grad_out * s * (1 - s)`` with ``s = sigmoid(x)``."""
+    return _elementwise("sigmoid_backward", _act.sigmoid_backward, x, grad_out=grad_out,
+                        n_threads=n_threads)
+
+
+def tanh(x, n_threads=None):
+    """Hyperbolic tangent, element-wise."""
+    return _elementwise("tanh", _act.tanh_forward, x, n_threads=n_threads)
+
+
+def tanh_backward(grad_out, x, n_threads=None):
+    """``grad_out * (1 - tanh(x)^2)``."""
+    return _elementwise("tanh_backward", _act.tanh_backward, x, grad_out=grad_out,
+                        n_threads=n_threads)
+
+
+# ----------------------------------------------------------------------------- dense & losses
+
+def _linear_inputs(where, x, weight, bias=None, grad_out=None):
+    x, weight, bias, grad_out = float_arrays(where, x=x, weight=weight, bias=bias,
+                                             grad_out=grad_out)
+    check_ndim(where, "x", x, 2, "(N, in_features)")
+    check_ndim(where, "weight", weight, 2, "(out_features, in_features)")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"{where}: x has {x.shape[1]} features (shape {x.shape}) but weight "
+                         f"{weight.shape} expects {weight.shape[1]}")
+    if min(weight.shape) < 1:
+        raise ValueError(f"{where}: weight must have no empty dimension, got {weight.shape}")
+    if bias is not None:
+        check_shape(where, "bias", bias, (weight.shape[0],))
+    if grad_out is not None:
+        check_shape(where, "grad_out", grad_out, (x.shape[0], weight.shape[0]))
+    check_blas_size(where, x.size, weight.size, x.shape[0] * weight.shape[0])
+    return x, weight, bias, grad_out
+
+
+def linear(x, weight, bias=None, n_threads=None):
+    """Fully connected layer ``y = x @ weight.T + bias``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, in_features)
+    weight : ndarray, shape (out_features, in_features)
+    bias : ndarray, shape (out_features,), optional
+    """
+    where = "linear"
+    x, weight, bias, _ = _linear_inputs(where, x, weight, bias=bias)
+    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    if x.shape[0]:
+        b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+        with _single_threaded_blas():
+            _dense.linear_forward(x, weight, b, y, resolve_threads(n_threads, where))
+    return y
+
+
+def linear_backward(grad_out, x, weight, n_threads=None):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
+    where = "linear_backward"
+    x, weight, _, grad_out = _linear_inputs(where, x, weight, grad_out=grad_out)
+    grad_x = np.empty_like(x)
+    grad_weight = np.zeros_like(weight)
+    grad_bias = np.zeros(weight.shape[0], dtype=x.dtype)
+    if x.shape[0]:
+        with _single_threaded_blas():
+            _dense.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
+                                   resolve_threads(n_threads, where))
+    return grad_x, grad_weight, grad_bias
+
+
+def softmax(x, axis=-1, n_threads=None):
+    """Softmax along ``axis`` (shifted by the maximum, so large inputs do not overflow)."""
+    where = "softmax"
+    x = float_arrays(where, x=x)
+    if x.ndim == 0:
+        raise ValueError(f"{where}: x must have at least one dimension, got shape {x.shape}")
+    axis = check_int(where, "axis", axis, -x.ndim)
+    if axis >= x.ndim:
+        raise ValueError(f"{where}: axis {axis} is out of range for shape {x.shape}")
+    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    if moved.size == 0:
+        return np.empty_like(x)
+    rows = moved.reshape(-1, moved.shape[-1])
+    out = np.empty_like(rows)
+    _act.softmax_rows(rows, out, resolve_threads(n_threads, where))
+    return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
+
+
+def softmax_cross_entropy(logits, labels, n_threads=None):
+    """Fused, numerically stable softmax + cross-entropy, averaged over the batch.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K)
+    labels : ndarray
+        Integer class indices of shape (N,) in ``[0, K)``, or target rows of shape (N, K)
+        (one-hot or probabilities, of the dtype of ``logits``; integer rows are cast).
+
+    Returns
+    -------
+    loss : float32 or float64 scalar
+        ``mean_n( -sum_k t_nk log softmax(z_n)_k )``.
+    grad_logits : ndarray, shape (N, K)
+        ``(softmax(z) - t) / N``.
+    """
+    where = "softmax_cross_entropy"
+    logits = float_arrays(where, logits=logits)
+    check_ndim(where, "logits", logits, 2, "(N, K)")
+    n, k = logits.shape
+    if k < 1:
+        raise ValueError(f"{where}: logits need at least one class, got shape {logits.shape}")
+    labels = np.asarray(labels)
+    grad = np.empty_like(logits)
+    row_loss = np.empty(n, dtype=np.float64)
+    threads = resolve_threads(n_threads, where)
+    if labels.ndim == 1 and labels.dtype.kind in "iu":
+        check_shape(where, "labels", labels, (n,))
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"{where}: labels must be in [0, {k}), got values from "
+                             f"{labels.min()} to {labels.max()}")
+        if n:
+            _act.softmax_xent_index(logits, np.ascontiguousarray(labels, dtype=np.int64), grad,
+                                    row_loss, threads)
+    elif labels.ndim == 2 and labels.dtype.kind in "fiub":
+        logits, labels = float_arrays(where, logits=logits, labels=labels)
+        check_shape(where, "labels", labels, logits.shape)
+        if n:
+            _act.softmax_xent_dense(logits, labels, grad, row_loss, threads)
+    else:
+        raise TypeError(f"{where}: labels must be integer class indices of shape ({n},) or "
+                        f"target rows of shape {logits.shape}, got dtype {labels.dtype} and "
+                        f"shape {labels.shape}")
+    loss = _act.ordered_sum(row_loss) / n if n else float("nan")
+    return logits.dtype.type(loss), grad
+
+
+def mse_loss(pred, target, n_threads=None):
+    """The course's squared error ``E = 1/(2N) sum_n sum_j (pred - target)^2``.
+
+    ``N`` is ``pred.shape[0]``; the features of each sample (all other axes) are summed.
+    Returns ``(loss, grad_pred)`` with ``grad_pred = (pred - target) / N``.
+    """
+    where = "mse_loss"
+    pred, target = float_arrays(where, pred=pred, target=target)
+    if pred.ndim == 0:
+        raise ValueError(f"{where}: pred must have a batch dimension, got shape {pred.shape}")
+    check_shape(where, "target", target, pred.shape)
+    n = pred.shape[0]
+    grad = np.empty_like(pred)
+    if pred.size == 0:  # no samples: undefined mean; samples without features: zero error
+        return pred.dtype.type(0.0 if n else float("nan")), grad
+    row_sq = np.empty(n, dtype=np.float64)
+    _act.mse_rows(pred.reshape(n, -1), target.reshape(n, -1), grad.reshape(n, -1), row_sq,
+                  resolve_threads(n_threads, where))
+    return pred.dtype.type(_act.ordered_sum(row_sq) / (2 * n)), grad

@@ -1,0 +1,271 @@
+"""NumPy twin of every kernel in :mod:`cnncore.functional`.
+
+Same names and signatures as the compiled kernels, written to be obviously correct rather
+than fast: windows come from :func:`numpy.lib.stride_tricks.sliding_window_view`, products
+from :func:`numpy.einsum`. Tests compare the compiled kernels with these functions, and the
+profiler (``python -m cnncore.bench``) times them side by side.
+
+Conventions: NCHW activations, weights ``(C_out, C_in // groups, kH, kW)``,
+cross-correlation (the kernel is not flipped), output dtype = input dtype.
+The ``n_threads`` argument is accepted for signature compatibility and ignored.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.special import expit
+
+from ._args import conv_padding, out_size, pair
+
+__all__ = [
+    "conv2d", "conv2d_backward", "conv1d", "conv1d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "global_avg_pool2d", "global_avg_pool2d_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
+]
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def _conv_geometry(x, weight, stride, padding, dilation, where):
+    kh, kw = weight.shape[2:]
+    sh, sw = pair(stride, "stride", minimum=1, where=where)
+    dh, dw = pair(dilation, "dilation", minimum=1, where=where)
+    ph, pw = conv_padding(padding, (kh, kw), (dh, dw), where=where)
+    ho = out_size(x.shape[2], kh, sh, ph, dh, where=where, axis="H")
+    wo = out_size(x.shape[3], kw, sw, pw, dw, where=where, axis="W")
+    return (kh, kw), (sh, sw), (ph, pw), (dh, dw), (ho, wo)
+
+
+def _windows(xp, k, s, d, o):
+    """View ``(N, C, Ho, Wo, kh, kw)`` of the padded input: window (i, j) of output (h, w)
+    is ``xp[..., h*sh + i*dh, w*sw + j*dw]``."""
+    span = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    v = sliding_window_view(xp, span, axis=(2, 3))
+    return v[:, :, ::s[0], ::s[1], ::d[0], ::d[1]][:, :, :o[0], :o[1]]
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """2-D cross-correlation: ``y[n, o] = b[o] + sum_c,i,j w[o, c, i, j] * x[n, c, h*s+i*d, ...]``."""
+    k, s, p, d, o = _conv_geometry(x, weight, stride, padding, dilation, "conv2d")
+    n, c = x.shape[:2]
+    c_out = weight.shape[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    win = _windows(xp, k, s, d, o).reshape(n, groups, c // groups, o[0], o[1], k[0], k[1])
+    wg = weight.reshape(groups, c_out // groups, c // groups, k[0], k[1])
+    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True).reshape(n, c_out, o[0], o[1])
+    if bias is not None:
+        y = y + bias.reshape(1, c_out, 1, 1)
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None):
+    """Gradients of :func:`conv2d`: returns ``(grad_x, grad_weight, grad_bias)``."""
+    k, s, p, d, o = _conv_geometry(x, weight, stride, padding, dilation, "conv2d_backward")
+    n, c, h, w = x.shape
+    c_out = weight.shape[0]
+    g, cg, og = groups, c // groups, c_out // groups
+    dy = grad_out.reshape(n, g, og, o[0], o[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    win = _windows(xp, k, s, d, o).reshape(n, g, cg, o[0], o[1], k[0], k[1])
+    grad_weight = np.einsum("ngohw,ngchwij->gocij", dy, win, optimize=True)
+    grad_bias = grad_out.sum(axis=(0, 2, 3))
+    # Each kernel tap (i, j) sends dy back to the input pixels it read.
+    wg = weight.reshape(g, og, cg, k[0], k[1])
+    dxp = np.zeros_like(xp)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            contrib = np.einsum("ngohw,goc->ngchw", dy, wg[..., i, j], optimize=True)
+            rows = slice(i * d[0], i * d[0] + s[0] * (o[0] - 1) + 1, s[0])
+            cols = slice(j * d[1], j * d[1] + s[1] * (o[1] - 1) + 1, s[1])
+            dxp[:, :, rows, cols] += contrib.reshape(n, c, o[0], o[1])
+    grad_x = dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + w]
+    return (np.ascontiguousarray(grad_x, dtype=x.dtype),
+            grad_weight.reshape(weight.shape).astype(x.dtype),
+            grad_bias.astype(x.dtype))
+
+
+def _as_2d_conv_args(stride, padding, dilation, where):
+    def one(v, name):
+        if isinstance(v, (tuple, list)):
+            if len(v) != 1:
+                raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {v!r}")
+            v = v[0]
+        return v
+    padding = one(padding, "padding")
+    pad2 = padding if isinstance(padding, str) else (0, padding)
+    return (1, one(stride, "stride")), pad2, (1, one(dilation, "dilation"))
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """1-D cross-correlation on ``(N, C, L)`` with weights ``(C_out, C_in // groups, k)``."""
+    s, p, d = _as_2d_conv_args(stride, padding, dilation, "conv1d")
+    y = conv2d(x[:, :, None, :], weight[:, :, None, :], bias, s, p, d, groups)
+    return y[:, :, 0, :]
+
+
+def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None):
+    """Gradients of :func:`conv1d`: returns ``(grad_x, grad_weight, grad_bias)``."""
+    s, p, d = _as_2d_conv_args(stride, padding, dilation, "conv1d_backward")
+    gx, gw, gb = conv2d_backward(grad_out[:, :, None, :], x[:, :, None, :],
+                                 weight[:, :, None, :], s, p, d, groups)
+    return gx[:, :, 0, :], gw[:, :, 0, :], gb
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _pool_geometry(x, kernel_size, stride, padding, where):
+    k = pair(kernel_size, "kernel_size", minimum=1, where=where)
+    s = k if stride is None else pair(stride, "stride", minimum=1, where=where)
+    p = pair(padding, "padding", minimum=0, where=where)
+    o = (out_size(x.shape[2], k[0], s[0], p[0], 1, where=where, axis="H"),
+         out_size(x.shape[3], k[1], s[1], p[1], 1, where=where, axis="W"))
+    return k, s, p, o
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
+    """Max over each ``kernel_size`` window; padded cells never win (they are -inf)."""
+    k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=-np.inf)
+    return np.ascontiguousarray(_windows(xp, k, s, (1, 1), o).max(axis=(4, 5)))
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, n_threads=None):
+    """Route each output gradient to its window's argmax (ties: the first in row-major order)."""
+    k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d_backward")
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=-np.inf)
+    win = _windows(xp, k, s, (1, 1), o).reshape(n, c, o[0], o[1], k[0] * k[1])
+    arg = win.argmax(axis=-1)
+    rows = np.arange(o[0])[:, None] * s[0] + arg // k[1]
+    cols = np.arange(o[1])[None, :] * s[1] + arg % k[1]
+    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    dxp = np.zeros_like(xp)
+    np.add.at(dxp, (nn[..., None, None], cc[..., None, None], rows, cols), grad_out)
+    return np.ascontiguousarray(dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
+
+
+def _avg_counts(x, k, s, p, o, count_include_pad):
+    if count_include_pad:
+        return np.full(o, k[0] * k[1], dtype=x.dtype)
+    ones = np.pad(np.ones(x.shape[2:], dtype=x.dtype), ((p[0], p[0]), (p[1], p[1])))
+    return _windows(ones[None, None], k, s, (1, 1), o).sum(axis=(4, 5))[0, 0]
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, n_threads=None):
+    """Mean over each window; padded zeros count in the divisor only if ``count_include_pad``."""
+    k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    total = _windows(xp, k, s, (1, 1), o).sum(axis=(4, 5))
+    return np.ascontiguousarray(total / _avg_counts(x, k, s, p, o, count_include_pad),
+                                dtype=x.dtype)
+
+
+def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
+                        count_include_pad=True, n_threads=None):
+    """Spread each output gradient evenly over its window; overlapping windows add up."""
+    k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d_backward")
+    h, w = x.shape[2:]
+    share = grad_out / _avg_counts(x, k, s, p, o, count_include_pad)
+    dxp = np.zeros((x.shape[0], x.shape[1], h + 2 * p[0], w + 2 * p[1]), dtype=x.dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            dxp[:, :, i:i + s[0] * (o[0] - 1) + 1:s[0], j:j + s[1] * (o[1] - 1) + 1:s[1]] += share
+    return np.ascontiguousarray(dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
+
+
+def global_avg_pool2d(x, n_threads=None):
+    """Mean over H and W: ``(N, C, H, W) -> (N, C)``."""
+    return x.mean(axis=(2, 3), dtype=x.dtype)
+
+
+def global_avg_pool2d_backward(grad_out, x, n_threads=None):
+    """Each pixel receives ``grad_out[n, c] / (H * W)``."""
+    h, w = x.shape[2:]
+    return np.ascontiguousarray(
+        np.broadcast_to(grad_out[:, :, None, None] / (h * w), x.shape), dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------- activations
+
+def relu(x, n_threads=None):
+    return np.maximum(x, 0).astype(x.dtype)
+
+
+def relu_backward(grad_out, x, n_threads=None):
+    return np.where(x > 0, grad_out, 0).astype(x.dtype)
+
+
+def leaky_relu(x, negative_slope=0.01, n_threads=None):
+    return np.where(x > 0, x, x * negative_slope).astype(x.dtype)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
+    return np.where(x > 0, grad_out, grad_out * negative_slope).astype(x.dtype)
+
+
+def sigmoid(x, n_threads=None):
+    return expit(x).astype(x.dtype)
+
+
+def sigmoid_backward(grad_out, x, n_threads=None):
+    s = expit(x)
+    return (grad_out * s * (1 - s)).astype(x.dtype)
+
+
+def tanh(x, n_threads=None):
+    return np.tanh(x)
+
+
+def tanh_backward(grad_out, x, n_threads=None):
+    return (grad_out * (1 - np.tanh(x) ** 2)).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- dense & losses
+
+def linear(x, weight, bias=None, n_threads=None):
+    """``y = x @ weight.T + bias`` with ``weight`` of shape (out, in)."""
+    y = x @ weight.T
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def linear_backward(grad_out, x, weight, n_threads=None):
+    """Returns ``(grad_x, grad_weight, grad_bias)`` of :func:`linear`."""
+    return grad_out @ weight, grad_out.T @ x, grad_out.sum(axis=0)
+
+
+def softmax(x, axis=-1, n_threads=None):
+    """Softmax along ``axis``, shifted by the maximum for stability."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _targets(labels, logits):
+    if labels.ndim == 1:
+        t = np.zeros_like(logits)
+        t[np.arange(len(labels)), labels] = 1
+        return t
+    return labels.astype(logits.dtype)
+
+
+def softmax_cross_entropy(logits, labels, n_threads=None):
+    """Mean over the batch of ``-sum_k t_k log softmax(z)_k``; returns ``(loss, grad_logits)``
+    with ``grad_logits = (softmax(z) - t) / N``. ``labels`` are class indices or one-hot rows."""
+    n = logits.shape[0]
+    t = _targets(labels, logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -(t * log_p).sum() / n
+    return logits.dtype.type(loss), ((np.exp(log_p) - t) / n).astype(logits.dtype)
+
+
+def mse_loss(pred, target, n_threads=None):
+    """The course's ``E = 1/(2N) sum_n sum_j (y - yhat)^2``; returns ``(loss, grad_pred)``."""
+    diff = pred - target
+    n = pred.shape[0]
+    return pred.dtype.type((diff * diff).sum() / (2 * n)), (diff / n).astype(pred.dtype)
