@@ -4,8 +4,15 @@ Environment switches:
 - ``CNNCORE_NO_OPENMP=1``: build serially (no -fopenmp) even if the compiler supports it.
 - ``CNNCORE_CYTHON_DEBUG=1``: turn bounds/wraparound/initialisation checks back on.
 - ``CNNCORE_ANNOTATE=1``: write Cython's annotated HTML next to each .pyx.
+
+Compiler flags are portable (``-O3``, never ``-march=native``), so a wheel runs on any CPU
+of its platform. OpenMP, as in scikit-learn: ``-fopenmp`` for gcc and clang (checked by
+compiling and running a test program), ``/openmp`` for MSVC; Apple clang gets it from the
+environment (``CPPFLAGS="-Xpreprocessor -fopenmp"``, ``LDFLAGS="... -lomp"``: see the
+cibuildwheel settings in pyproject.toml and docs/install.md).
 """
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -19,7 +26,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
-KERNELS = ["_openmp_helpers", "_blas", "conv", "pool", "activations", "dense"]
+KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "pool", "activations", "dense"]
 OPT_FLAGS = ["-O3"]
 
 
@@ -39,6 +46,9 @@ def _openmp_flags():
     if sys.platform == "win32":
         return ["/openmp"]
     flags = ["-fopenmp"]
+    if sys.platform == "darwin" and "openmp" in os.environ.get("CPPFLAGS", ""):
+        # Apple clang rejects -fopenmp; CPPFLAGS/LDFLAGS enable it and link libomp.
+        flags = []
     code = textwrap.dedent("""
         #include <omp.h>
         #include <stdio.h>
@@ -54,8 +64,12 @@ def _openmp_flags():
         src, exe = Path(tmp, "omp.c"), Path(tmp, "omp")
         src.write_text(code)
         try:
-            subprocess.run([_compiler(), *flags, str(src), "-o", str(exe)], check=True,
-                           capture_output=True, timeout=120)
+            # The compiler as setuptools will call it: $CC may be "ccache gcc", and
+            # CPPFLAGS/CFLAGS/LDFLAGS from the environment are added to every compile.
+            env_flags = [f for var in ("CPPFLAGS", "CFLAGS", "LDFLAGS")
+                         for f in shlex.split(os.environ.get(var, ""))]
+            subprocess.run([*shlex.split(_compiler()), *flags, str(src), "-o", str(exe),
+                            *env_flags], check=True, capture_output=True, timeout=120)
             ok = subprocess.run([str(exe)], capture_output=True, text=True,
                                 timeout=60).stdout == "1"
         except (OSError, subprocess.SubprocessError):
@@ -79,7 +93,8 @@ def _write_build_info(openmp_flags, compile_args):
 
 def extensions():
     omp = _openmp_flags()
-    compile_args = OPT_FLAGS + omp if sys.platform != "win32" else ["/O2"] + omp
+    # MSVC: /std:c11 for the C99/C11 the helpers in csrc/ use (restrict, _Pragma).
+    compile_args = OPT_FLAGS + omp if sys.platform != "win32" else ["/O2", "/std:c11"] + omp
     link_args = omp if sys.platform != "win32" else []
     _write_build_info(omp, compile_args)
     exts = [

@@ -16,8 +16,11 @@
 
 #ifdef _OPENMP
 #define CNN_SIMD _Pragma("omp simd")
+#define CNN_PRAGMA(x) _Pragma(#x)
+#define CNN_SIMD_REDUCE(var) CNN_PRAGMA(omp simd reduction(+:var))
 #else
 #define CNN_SIMD
+#define CNN_SIMD_REDUCE(var)
 #endif
 
 /* dst[i] = src[i * stride] for i in [0, n): one im2col row segment (a strided gather). */
@@ -56,6 +59,44 @@
         CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : dy[i] * slope; \
     }
 
+/* Direct (depthwise) convolution rows: y[i] += a * x[i * stride] (a strided axpy),
+ * dx[i * stride] += a * dy[i] (its adjoint), and the strided dot product sum_i a[i] * b[i * stride]. */
+#define CNN_DEFINE_AXPY(T, SUF)                                                            \
+    static inline void cnn_axpy_##SUF(T *restrict y, const T *restrict x, ptrdiff_t n,   \
+                                        ptrdiff_t stride, T a) {                          \
+        if (stride == 1) { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) y[i] += a * x[i]; } \
+        else { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) y[i] += a * x[i * stride]; }    \
+    }                                                                                     \
+    static inline void cnn_scatter_axpy_##SUF(T *restrict dx, const T *restrict dy,      \
+                                                ptrdiff_t n, ptrdiff_t stride, T a) {     \
+        if (stride == 1) { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dx[i] += a * dy[i]; } \
+        else { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dx[i * stride] += a * dy[i]; }  \
+    }                                                                                     \
+    static inline T cnn_dot_##SUF(const T *restrict a, const T *restrict b, ptrdiff_t n, \
+                                    ptrdiff_t stride) {                                   \
+        T s = 0;                                                                          \
+        if (stride == 1) {                                                                \
+            CNN_SIMD_REDUCE(s) for (ptrdiff_t i = 0; i < n; ++i) s += a[i] * b[i];        \
+        } else {                                                                          \
+            CNN_SIMD_REDUCE(s) for (ptrdiff_t i = 0; i < n; ++i) s += a[i] * b[i * stride]; \
+        }                                                                                 \
+        return s;                                                                         \
+    }
+
+/* Max-pooling rows: m[i] = max(m[i], x[i*stride]), NaN-propagating. */
+#define CNN_DEFINE_MAXROW(T, SUF)                                                          \
+    static inline void cnn_max_row_##SUF(T *restrict m, const T *restrict x, ptrdiff_t n, \
+                                           ptrdiff_t stride) {                            \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) {                                      \
+            T v = x[i * stride];                                                          \
+            m[i] = (v > m[i] || v != v) ? v : m[i];                                       \
+        }                                                                                 \
+    }
+
+CNN_DEFINE_MAXROW(float, f)
+CNN_DEFINE_MAXROW(double, d)
+CNN_DEFINE_AXPY(float, f)
+CNN_DEFINE_AXPY(double, d)
 CNN_DEFINE_RELU(float, f)
 CNN_DEFINE_RELU(double, d)
 CNN_DEFINE_GATHER(float, f)

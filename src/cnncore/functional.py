@@ -28,6 +28,7 @@ from ._checks import check_blas_size, check_int, check_ndim, check_shape, float_
 from ._config import resolve_threads
 from ._kernels import activations as _act
 from ._kernels import conv as _conv
+from ._kernels import conv_direct as _conv_direct
 from ._kernels import dense as _dense
 from ._kernels import pool as _pool
 
@@ -165,6 +166,9 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     if n == 0:
         return y
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+    if cg == 1 and groups > 1:  # depthwise-like: one input channel per group, no real GEMM
+        _conv_direct.forward(x, weight, b, y, *geo.kernel_args()[:-1], n_threads)
+        return y
     work = _work(n_threads, cg * kh * kw * geo.out_hw[0] * geo.out_hw[1], x.dtype)
     with _single_threaded_blas():
         _conv.conv2d_forward(x, weight, b, y, work, *geo.kernel_args(), n_threads)
@@ -197,6 +201,12 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     grad_bias = np.empty(c_out, dtype=x.dtype)
     if n == 0:
         return grad_x, np.zeros_like(weight), np.zeros_like(grad_bias)
+    _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
+    if cg == 1 and groups > 1:
+        grad_weight = np.empty_like(weight)
+        _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
+                              *geo.kernel_args()[:-1], n_threads)
+        return grad_x, grad_weight, grad_bias
     # Fixed batch chunks for the weight gradient: their number depends on shapes only.
     n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
     dw_part = np.empty((n_chunks, c_out, k_g), dtype=x.dtype)
@@ -209,7 +219,6 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     else:
         grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
         _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
-    _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
     return grad_x, grad_weight.reshape(weight.shape), grad_bias
 
 

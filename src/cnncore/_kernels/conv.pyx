@@ -16,6 +16,7 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
+from cnncore._kernels._geometry cimport _valid_range
 from cnncore._kernels._simd cimport (cnn_gather_f, cnn_gather_d,
                                      cnn_scatter_add_f, cnn_scatter_add_d)
 
@@ -34,22 +35,6 @@ cdef inline void _scatter_add(floating* dst, const floating* src, Py_ssize_t n,
         cnn_scatter_add_f(dst, src, n, stride)
     else:
         cnn_scatter_add_d(dst, src, n, stride)
-
-
-cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
-                              Py_ssize_t n_out, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Outputs o in [lo, hi) read input index ``o*stride + offset`` inside [0, size)."""
-    cdef Py_ssize_t a = 0, b = 0
-    if offset < 0:
-        a = (-offset + stride - 1) // stride          # ceil(-offset / stride)
-    if size - 1 - offset >= 0:
-        b = (size - 1 - offset) // stride + 1
-    if b > n_out:
-        b = n_out
-    if a > b:
-        a = b
-    lo[0] = a
-    hi[0] = b
 
 
 cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN

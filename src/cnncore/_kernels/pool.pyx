@@ -1,20 +1,44 @@
 """Pooling kernels on NCHW planes; the N*C planes are split over OpenMP threads.
 
-A window of output (oh, ow) covers input rows ``oh*sh - ph .. + kh`` and columns
-``ow*sw - pw .. + kw``; the part outside the image is padding. Each plane is handled by
-one thread, in a fixed order, so overlapping windows add up identically for any thread count.
+A window of output (oh, ow) covers input rows ``oh*sh - ph + i`` and columns
+``ow*sw - pw + j`` for taps ``0 <= i < kh, 0 <= j < kw``; taps outside the image are
+padding. The kernels walk whole output rows one tap at a time (a strided, vectorisable row
+operation from csrc/cnncore_simd.h) instead of one window at a time. The max-pool
+backward finds each window's argmax again, window by window (row-major, so ties go to the
+first element, as numpy.argmax), and adds the output gradient there.
+Each plane is handled by one thread in a fixed order: results do not depend on the number
+of threads.
 """
 from libc.string cimport memset
+from libc.math cimport INFINITY
 from cython cimport floating
 from cython.parallel cimport prange
 
+from cnncore._kernels._geometry cimport _valid_range
+from cnncore._kernels._simd cimport (cnn_max_row_f, cnn_max_row_d, cnn_axpy_f, cnn_axpy_d,
+                                     cnn_scatter_axpy_f, cnn_scatter_axpy_d)
 
-cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a > b else b
+cdef enum:
+    CHUNK = 256  # output columns handled at once by the kernels that need a row buffer
 
 
-cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a < b else b
+cdef struct Window:
+    Py_ssize_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw
+
+
+cdef Window _window(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, int kh, int kw,
+                    int sh, int sw, int ph, int pw):
+    cdef Window g
+    g.H, g.W, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw = H, W, Ho, Wo, kh, kw, sh, sw, ph, pw
+    return g
+
+
+cdef inline void _max_row(floating* m, const floating* x, Py_ssize_t n,
+                          Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        cnn_max_row_f(m, x, n, stride)
+    else:
+        cnn_max_row_d(m, x, n, stride)
 
 
 cdef Py_ssize_t _argmax_window(const floating* x, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
@@ -36,119 +60,173 @@ cdef Py_ssize_t _argmax_window(const floating* x, Py_ssize_t W, Py_ssize_t h0, P
     return best
 
 
-cdef void _max_pool_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
-                          Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
-                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                          Py_ssize_t pw) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h0, w0
-    for oh in range(Ho):
-        h0 = oh * sh - ph
-        for ow in range(Wo):
-            w0 = ow * sw - pw
-            y[oh * Wo + ow] = x[_argmax_window(x, W, _max(h0, 0), _min(h0 + kh, H),
-                                               _max(w0, 0), _min(w0 + kw, W))]
+cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                       floating a) noexcept nogil:
+    if floating is float:
+        cnn_axpy_f(y, x, n, stride, a)
+    else:
+        cnn_axpy_d(y, x, n, stride, a)
 
 
-cdef void _max_pool_plane_backward(const floating* dy, const floating* x, floating* dx,
-                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
-                                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                                   Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h0, w0, a
-    memset(dx, 0, H * W * sizeof(floating))
-    for oh in range(Ho):
-        h0 = oh * sh - ph
-        for ow in range(Wo):
-            w0 = ow * sw - pw
-            a = _argmax_window(x, W, _max(h0, 0), _min(h0 + kh, H), _max(w0, 0),
-                               _min(w0 + kw, W))
-            dx[a] = dx[a] + dy[oh * Wo + ow]
+cdef inline void _scatter_axpy(floating* dx, const floating* dy, Py_ssize_t n,
+                               Py_ssize_t stride, floating a) noexcept nogil:
+    if floating is float:
+        cnn_scatter_axpy_f(dx, dy, n, stride, a)
+    else:
+        cnn_scatter_axpy_d(dx, dy, n, stride, a)
+
+
+cdef inline void _clip(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t c0, Py_ssize_t c1,
+                       Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
+    """[a, b) = [lo, hi) intersected with the chunk [c0, c1)."""
+    a[0] = lo if lo > c0 else c0
+    b[0] = hi if hi < c1 else c1
+    if b[0] < a[0]:
+        b[0] = a[0]
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+cdef void _max_pool_plane(const Window* g, const floating* x, floating* y) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j, ih, off, lo, hi
+    cdef floating* row
+    for oh in range(g.Ho):
+        row = y + oh * g.Wo
+        for ow in range(g.Wo):
+            row[ow] = -INFINITY
+        for i in range(g.kh):
+            ih = oh * g.sh - g.ph + i
+            if ih < 0 or ih >= g.H:
+                continue
+            for j in range(g.kw):
+                off = j - g.pw
+                _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                _max_row(row + lo, x + ih * g.W + lo * g.sw + off, hi - lo, g.sw)
+
+
+cdef void _max_pool_plane_backward(const Window* g, const floating* dy, const floating* x,
+                                   floating* dx) noexcept nogil:
+    """Each output gradient goes to its window's argmax, found again from x."""
+    cdef Py_ssize_t oh, ow, h0, h1, w0, w1, a
+    memset(dx, 0, g.H * g.W * sizeof(floating))
+    for oh in range(g.Ho):
+        h0 = oh * g.sh - g.ph
+        h1 = h0 + g.kh if h0 + g.kh < g.H else g.H
+        h0 = h0 if h0 > 0 else 0
+        for ow in range(g.Wo):
+            w0 = ow * g.sw - g.pw
+            w1 = w0 + g.kw if w0 + g.kw < g.W else g.W
+            w0 = w0 if w0 > 0 else 0
+            a = _argmax_window(x, g.W, h0, h1, w0, w1)
+            dx[a] = dx[a] + dy[oh * g.Wo + ow]
 
 
 def max_pool2d_forward(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
                        floating[:, :, ::1] y,        # OUT (N*C, Ho, Wo)
                        int kh, int kw, int sh, int sw, int ph, int pw, int n_threads):
-    cdef Py_ssize_t i
-    for i in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _max_pool_plane(&x[i, 0, 0], &y[i, 0, 0], x.shape[1], x.shape[2], y.shape[1],
-                        y.shape[2], kh, kw, sh, sw, ph, pw)
+    cdef Window g = _window(x.shape[1], x.shape[2], y.shape[1], y.shape[2], kh, kw, sh, sw,
+                            ph, pw)
+    cdef Py_ssize_t p
+    for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        _max_pool_plane(&g, &x[p, 0, 0], &y[p, 0, 0])
 
 
 def max_pool2d_backward(const floating[:, :, ::1] dy,  # IN  (N*C, Ho, Wo)
                         const floating[:, :, ::1] x,   # IN  (N*C, H, W)
                         floating[:, :, ::1] dx,        # OUT (N*C, H, W)
                         int kh, int kw, int sh, int sw, int ph, int pw, int n_threads):
-    cdef Py_ssize_t i
-    for i in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _max_pool_plane_backward(&dy[i, 0, 0], &x[i, 0, 0], &dx[i, 0, 0], x.shape[1],
-                                 x.shape[2], dy.shape[1], dy.shape[2], kh, kw, sh, sw, ph, pw)
+    cdef Window g = _window(x.shape[1], x.shape[2], dy.shape[1], dy.shape[2], kh, kw, sh, sw,
+                            ph, pw)
+    cdef Py_ssize_t p
+    for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        _max_pool_plane_backward(&g, &dy[p, 0, 0], &x[p, 0, 0], &dx[p, 0, 0])
 
 
-cdef inline Py_ssize_t _divisor(Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0, Py_ssize_t w1,
-                                Py_ssize_t kh, Py_ssize_t kw, bint count_include_pad) noexcept nogil:
+# ----------------------------------------------------------------------------- average pooling
+
+cdef inline double _inv_count(const Window* g, Py_ssize_t oh, Py_ssize_t ow,
+                              bint count_include_pad) noexcept nogil:
+    """1 / (number of cells averaged by output (oh, ow))."""
+    cdef Py_ssize_t h0, h1, w0, w1
     if count_include_pad:
-        return kh * kw
-    return (h1 - h0) * (w1 - w0)
+        return 1.0 / (g.kh * g.kw)
+    h0 = oh * g.sh - g.ph
+    w0 = ow * g.sw - g.pw
+    h1 = h0 + g.kh if h0 + g.kh < g.H else g.H
+    w1 = w0 + g.kw if w0 + g.kw < g.W else g.W
+    h0 = h0 if h0 > 0 else 0
+    w0 = w0 if w0 > 0 else 0
+    return 1.0 / ((h1 - h0) * (w1 - w0))
 
 
-cdef void _avg_pool_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
-                          Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
-                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+cdef void _avg_pool_plane(const Window* g, const floating* x, floating* y,
                           bint count_include_pad) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, c, h0, h1, w0, w1
-    cdef double s
-    for oh in range(Ho):
-        h0 = _max(oh * sh - ph, 0)
-        h1 = _min(oh * sh - ph + kh, H)
-        for ow in range(Wo):
-            w0 = _max(ow * sw - pw, 0)
-            w1 = _min(ow * sw - pw + kw, W)
-            s = 0
-            for h in range(h0, h1):
-                for c in range(w0, w1):
-                    s = s + x[h * W + c]
-            y[oh * Wo + ow] = <floating> (s / _divisor(h0, h1, w0, w1, kh, kw,
-                                                       count_include_pad))
+    cdef Py_ssize_t oh, ow, i, j, ih, off, lo, hi
+    cdef floating* row
+    for oh in range(g.Ho):
+        row = y + oh * g.Wo
+        for ow in range(g.Wo):
+            row[ow] = 0
+        for i in range(g.kh):
+            ih = oh * g.sh - g.ph + i
+            if ih < 0 or ih >= g.H:
+                continue
+            for j in range(g.kw):
+                off = j - g.pw
+                _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                _axpy(row + lo, x + ih * g.W + lo * g.sw + off, hi - lo, g.sw, 1)
+        for ow in range(g.Wo):
+            row[ow] = <floating> (row[ow] * _inv_count(g, oh, ow, count_include_pad))
 
 
-cdef void _avg_pool_plane_backward(const floating* dy, floating* dx, Py_ssize_t H,
-                                   Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
-                                   Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                                   Py_ssize_t pw, bint count_include_pad) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, c, h0, h1, w0, w1
-    cdef floating share
-    memset(dx, 0, H * W * sizeof(floating))
-    for oh in range(Ho):
-        h0 = _max(oh * sh - ph, 0)
-        h1 = _min(oh * sh - ph + kh, H)
-        for ow in range(Wo):
-            w0 = _max(ow * sw - pw, 0)
-            w1 = _min(ow * sw - pw + kw, W)
-            share = dy[oh * Wo + ow] / _divisor(h0, h1, w0, w1, kh, kw, count_include_pad)
-            for h in range(h0, h1):
-                for c in range(w0, w1):
-                    dx[h * W + c] = dx[h * W + c] + share
+cdef void _avg_pool_plane_backward(const Window* g, const floating* dy, floating* dx,
+                                   bint count_include_pad) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j, ih, off, lo, hi, c0, c1, a, b
+    cdef floating share[CHUNK]
+    memset(dx, 0, g.H * g.W * sizeof(floating))
+    cdef Py_ssize_t n_chunks = (g.Wo + CHUNK - 1) // CHUNK, k
+    for oh in range(g.Ho):
+        for k in range(n_chunks):
+            c0 = k * CHUNK
+            c1 = c0 + CHUNK if c0 + CHUNK < g.Wo else g.Wo
+            for ow in range(c0, c1):
+                share[ow - c0] = <floating> (dy[oh * g.Wo + ow] *
+                                              _inv_count(g, oh, ow, count_include_pad))
+            for i in range(g.kh):
+                ih = oh * g.sh - g.ph + i
+                if ih < 0 or ih >= g.H:
+                    continue
+                for j in range(g.kw):
+                    off = j - g.pw
+                    _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                    _clip(lo, hi, c0, c1, &a, &b)
+                    _scatter_axpy(dx + ih * g.W + a * g.sw + off, share + a - c0, b - a,
+                                  g.sw, 1)
 
 
 def avg_pool2d_forward(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
                        floating[:, :, ::1] y,        # OUT (N*C, Ho, Wo)
                        int kh, int kw, int sh, int sw, int ph, int pw,
                        bint count_include_pad, int n_threads):
-    cdef Py_ssize_t i
-    for i in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _avg_pool_plane(&x[i, 0, 0], &y[i, 0, 0], x.shape[1], x.shape[2], y.shape[1],
-                        y.shape[2], kh, kw, sh, sw, ph, pw, count_include_pad)
+    cdef Window g = _window(x.shape[1], x.shape[2], y.shape[1], y.shape[2], kh, kw, sh, sw,
+                            ph, pw)
+    cdef Py_ssize_t p
+    for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        _avg_pool_plane(&g, &x[p, 0, 0], &y[p, 0, 0], count_include_pad)
 
 
 def avg_pool2d_backward(const floating[:, :, ::1] dy,  # IN  (N*C, Ho, Wo)
                         floating[:, :, ::1] dx,        # OUT (N*C, H, W)
                         int kh, int kw, int sh, int sw, int ph, int pw,
                         bint count_include_pad, int n_threads):
-    cdef Py_ssize_t i
-    for i in prange(dx.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _avg_pool_plane_backward(&dy[i, 0, 0], &dx[i, 0, 0], dx.shape[1], dx.shape[2],
-                                 dy.shape[1], dy.shape[2], kh, kw, sh, sw, ph, pw,
-                                 count_include_pad)
+    cdef Window g = _window(dx.shape[1], dx.shape[2], dy.shape[1], dy.shape[2], kh, kw, sh,
+                            sw, ph, pw)
+    cdef Py_ssize_t p
+    for p in prange(dx.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        _avg_pool_plane_backward(&g, &dy[p, 0, 0], &dx[p, 0, 0], count_include_pad)
 
+
+# ----------------------------------------------------------------------------- global average
 
 cdef void _plane_mean(const floating* x, Py_ssize_t P, floating* out) noexcept nogil:
     cdef Py_ssize_t p

@@ -1,0 +1,153 @@
+"""Direct convolution for one input channel per group (``C_in / groups == 1``): depthwise
+convolutions (groups = C_in) and single-channel inputs (e.g. LeNet's first layer).
+
+With one input channel per output there is nothing for a GEMM to reduce over but the
+kh*kw taps, so im2col + GEMM wastes its time on tiny matrices. These kernels walk the
+output rows instead: for each tap (i, j) an output row gets ``w[o, 0, i, j]`` times a
+(strided) input row — a vectorised axpy from csrc/cnncore_simd.h.
+
+Output channel o reads input channel ``o // (C_out / groups)``. Each output sums its taps
+in (i, j) order; the weight gradient of a channel sums the batch in order inside one task,
+so results are the same for any thread count.
+"""
+from libc.string cimport memset
+from cython cimport floating
+from cython.parallel cimport prange
+
+from cnncore._kernels._geometry cimport _valid_range
+from cnncore._kernels._simd cimport (cnn_axpy_f, cnn_axpy_d, cnn_scatter_axpy_f,
+                                     cnn_scatter_axpy_d, cnn_dot_f, cnn_dot_d)
+
+
+cdef struct Plane:
+    Py_ssize_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+
+
+cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                       floating a) noexcept nogil:
+    if floating is float:
+        cnn_axpy_f(y, x, n, stride, a)
+    else:
+        cnn_axpy_d(y, x, n, stride, a)
+
+
+cdef inline void _scatter_axpy(floating* dx, const floating* dy, Py_ssize_t n,
+                               Py_ssize_t stride, floating a) noexcept nogil:
+    if floating is float:
+        cnn_scatter_axpy_f(dx, dy, n, stride, a)
+    else:
+        cnn_scatter_axpy_d(dx, dy, n, stride, a)
+
+
+cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n,
+                          Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        return cnn_dot_f(a, b, n, stride)
+    else:
+        return cnn_dot_d(a, b, n, stride)
+
+
+cdef void _forward_plane(const Plane* g, const floating* x, const floating* w,  # IN
+                         floating bias, floating* y) noexcept nogil:           # OUT
+    cdef Py_ssize_t oh, ow, i, j, ih, off, lo, hi
+    for oh in range(g.Ho):
+        for ow in range(g.Wo):
+            y[oh * g.Wo + ow] = bias
+        for i in range(g.kh):
+            ih = oh * g.sh - g.ph + i * g.dh
+            if ih < 0 or ih >= g.H:
+                continue
+            for j in range(g.kw):
+                off = j * g.dw - g.pw
+                _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                _axpy(y + oh * g.Wo + lo, x + ih * g.W + lo * g.sw + off, hi - lo, g.sw,
+                      w[i * g.kw + j])
+
+
+cdef void _backward_input_plane(const Plane* g, const floating* dy, const floating* w,
+                                Py_ssize_t n_out, Py_ssize_t dy_stride,
+                                floating* dx) noexcept nogil:
+    """dx of one input channel from its ``n_out`` output channels (dy planes
+    ``dy_stride`` apart, weights ``kh*kw`` apart)."""
+    cdef Py_ssize_t o, oh, i, j, ih, off, lo, hi
+    memset(dx, 0, g.H * g.W * sizeof(floating))
+    for o in range(n_out):
+        for oh in range(g.Ho):
+            for i in range(g.kh):
+                ih = oh * g.sh - g.ph + i * g.dh
+                if ih < 0 or ih >= g.H:
+                    continue
+                for j in range(g.kw):
+                    off = j * g.dw - g.pw
+                    _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                    _scatter_axpy(dx + ih * g.W + lo * g.sw + off,
+                                  dy + o * dy_stride + oh * g.Wo + lo, hi - lo, g.sw,
+                                  w[(o * g.kh + i) * g.kw + j])
+
+
+cdef void _backward_weight_channel(const Plane* g, const floating* dy, const floating* x,
+                                   Py_ssize_t N, Py_ssize_t dy_stride, Py_ssize_t x_stride,
+                                   floating* dw) noexcept nogil:
+    """dw[i, j] = sum over the batch and output pixels of dy * the input pixel tap (i, j)
+    read; one output channel, accumulated in double in a fixed order."""
+    cdef Py_ssize_t n, oh, i, j, ih, off, lo, hi
+    cdef double s
+    for i in range(g.kh):
+        for j in range(g.kw):
+            off = j * g.dw - g.pw
+            _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+            s = 0
+            for n in range(N):
+                for oh in range(g.Ho):
+                    ih = oh * g.sh - g.ph + i * g.dh
+                    if ih < 0 or ih >= g.H:
+                        continue
+                    s = s + _dot(dy + n * dy_stride + oh * g.Wo + lo,
+                                 x + n * x_stride + ih * g.W + lo * g.sw + off, hi - lo, g.sw)
+            dw[i * g.kw + j] = <floating> s
+
+
+cdef Plane _plane(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
+                  Py_ssize_t kw, int sh, int sw, int ph, int pw, int dh, int dw):
+    cdef Plane g
+    g.H, g.W, g.Ho, g.Wo, g.kh, g.kw = H, W, Ho, Wo, kh, kw
+    g.sh, g.sw, g.ph, g.pw, g.dh, g.dw = sh, sw, ph, pw, dh, dw
+    return g
+
+
+def forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
+            const floating[:, :, :, ::1] w,     # IN  (C_out, 1, kh, kw)
+            const floating[::1] bias,           # IN  (C_out,) or (0,)
+            floating[:, :, :, ::1] y,           # OUT (N, C_out, Ho, Wo)
+            int sh, int sw, int ph, int pw, int dh, int dw, int n_threads):
+    cdef Plane g = _plane(x.shape[2], x.shape[3], y.shape[2], y.shape[3], w.shape[2],
+                          w.shape[3], sh, sw, ph, pw, dh, dw)
+    cdef Py_ssize_t C_out = w.shape[0], og = w.shape[0] // x.shape[1]
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t t, n, o
+    for t in prange(x.shape[0] * C_out, nogil=True, schedule='static', num_threads=n_threads):
+        n = t // C_out
+        o = t % C_out
+        _forward_plane(&g, &x[n, o // og, 0, 0], &w[o, 0, 0, 0],
+                       bias[o] if has_bias else 0, &y[n, o, 0, 0])
+
+
+def backward(const floating[:, :, :, ::1] dy,   # IN  (N, C_out, Ho, Wo)
+             const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
+             const floating[:, :, :, ::1] w,    # IN  (C_out, 1, kh, kw)
+             floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
+             floating[:, :, :, ::1] dw,         # OUT (C_out, 1, kh, kw)
+             int sh, int sw, int ph, int pw, int dh, int dw_, int n_threads):
+    cdef Plane g = _plane(x.shape[2], x.shape[3], dy.shape[2], dy.shape[3], w.shape[2],
+                          w.shape[3], sh, sw, ph, pw, dh, dw_)
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], C_out = w.shape[0]
+    cdef Py_ssize_t og = C_out // C, P = dy.shape[2] * dy.shape[3]
+    cdef Py_ssize_t t, n, c, o
+    for t in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = t // C
+        c = t % C
+        _backward_input_plane(&g, &dy[n, c * og, 0, 0], &w[c * og, 0, 0, 0], og, P,
+                              &dx[n, c, 0, 0])
+    for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
+        _backward_weight_channel(&g, &dy[0, o, 0, 0], &x[0, o // og, 0, 0], N, C_out * P,
+                                 C * g.H * g.W, &dw[o, 0, 0, 0])
