@@ -20,6 +20,9 @@ Conventions
   and the expected and received shapes.
 """
 
+import contextlib
+import os
+
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -41,23 +44,52 @@ __all__ = [
     "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
 ]
 
-# Element-wise kernels below this size run on one thread: waking threads costs more.
-_SERIAL_BELOW = 1 << 15
+# A parallel region costs microseconds on an idle machine and far more when another process
+# holds a core (the team waits for its slowest thread), so small calls run on fewer threads:
+# each thread gets at least this much work. Results do not depend on the choice.
+_MIN_FLOPS_PER_THREAD = 1 << 21   # compute-bound kernels (conv, linear)
+_MIN_BYTES_PER_THREAD = 1 << 18   # memory-bound kernels (pooling, activations, losses)
 # Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
 # of their partial sums. Both depend on shapes only, never on the thread count.
 _MAX_DW_CHUNKS = 16
 _DW_CHUNK_BYTES = 64 << 20
 
-_blas = None
+def _threads(n_threads, where, tasks, flops=0, nbytes=0):
+    """Threads for one call: the requested count, capped by the number of independent
+    tasks and by the amount of work (see _MIN_FLOPS_PER_THREAD)."""
+    n = resolve_threads(n_threads, where)
+    by_work = max(flops // _MIN_FLOPS_PER_THREAD, nbytes // _MIN_BYTES_PER_THREAD, 1)
+    return int(max(1, min(n, tasks, by_work)))
 
 
-def _single_threaded_blas():
-    """Context manager: BLAS on one thread while our OpenMP threads call it (no N*M
-    oversubscription), as scikit-learn does around its prange + GEMM loops."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas.limit(limits=1)
+_blas_libs = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Hold SciPy's BLAS (the one our kernels call) to one thread while our OpenMP threads
+    call it — no N*M oversubscription, as scikit-learn does around its prange + GEMM
+    loops — and restore the previous count afterwards.
+
+    threadpoolctl finds the library once; each use then costs a few ctypes calls, where
+    ``threadpool_limits`` would cost tens of microseconds per kernel call.
+    """
+    global _blas_libs
+    if _blas_libs is None:
+        import scipy.linalg  # noqa: F401  (loads the BLAS behind scipy.linalg.cython_blas)
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        ours = [lib for lib in libs if "scipy" in os.path.dirname(lib.filepath or "")]
+        _blas_libs = ours or libs  # e.g. conda: one BLAS shared with NumPy
+    saved = [lib.get_num_threads() for lib in _blas_libs]
+    for lib, n in zip(_blas_libs, saved):
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libs, saved):
+            if n != 1:
+                lib.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -97,6 +129,28 @@ class _ConvGeometry:
         return (*self.stride, *self.padding, *self.dilation, self.groups)
 
 
+_GEOMETRY_CACHE = {}
+
+
+def _typed(value):
+    """Cache key part that tells 1 from 1.0 and True (equal as dict keys, not as arguments)."""
+    if type(value) in (tuple, list):
+        return (type(value),) + tuple(_typed(v) for v in value)
+    return (type(value), value)
+
+
+def _conv_geometry(*args):
+    """A layer calls with the same shapes and hyper-parameters every step: parse them once."""
+    key = _typed(args)
+    geo = _GEOMETRY_CACHE.get(key)
+    if geo is None:
+        geo = _ConvGeometry(*args)  # raises on bad arguments: nothing is cached then
+        if len(_GEOMETRY_CACHE) > 1024:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = geo
+    return geo
+
+
 def _drop_height(shape):
     """How a conv1d caller sees the (N, C, 1, L) arrays the 2-D kernels work on."""
     return tuple(shape[:2]) + tuple(shape[3:])
@@ -116,7 +170,7 @@ def _conv_inputs(where, x, weight, stride, padding, dilation, groups, bias=None,
             grad_out = grad_out[:, :, None, :]
     check_ndim(where, "x", x, 4, "(N, C, H, W)")
     check_ndim(where, "weight", weight, 4, "(C_out, C_in/groups, kH, kW)")
-    geo = _ConvGeometry(where, x.shape, weight.shape, stride, padding, dilation, groups, show)
+    geo = _conv_geometry(where, x.shape, weight.shape, stride, padding, dilation, groups, show)
     if bias is not None:
         check_shape(where, "bias", bias, (weight.shape[0],))
     if grad_out is not None:
@@ -159,18 +213,20 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
                   one_d=False):
     x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                            groups, bias=bias, one_d=one_d)
-    n_threads = resolve_threads(n_threads, where)
     n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
+    direct = cg == 1 and groups > 1  # depthwise-like: one input channel per group, no real GEMM
+    flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
+    n_threads = _threads(n_threads, where, n * c_out if direct else n, flops)
     y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
     if n == 0:
         return y
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
-    if cg == 1 and groups > 1:  # depthwise-like: one input channel per group, no real GEMM
+    if direct:
         _conv_direct.forward(x, weight, b, y, *geo.kernel_args()[:-1], n_threads)
         return y
     work = _work(n_threads, cg * kh * kw * geo.out_hw[0] * geo.out_hw[1], x.dtype)
-    with _single_threaded_blas():
+    with _one_blas_thread():
         _conv.conv2d_forward(x, weight, b, y, work, *geo.kernel_args(), n_threads)
     return y
 
@@ -193,25 +249,27 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
                    one_d=False):
     x, weight, _, grad_out, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                                groups, grad_out=grad_out, one_d=one_d)
-    n_threads = resolve_threads(n_threads, where)
-    n = x.shape[0]
+    n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
     k_g = cg * kh * kw
+    direct = cg == 1 and groups > 1  # depthwise-like: one input channel per group
+    flops = 4 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * k_g
+    # Fixed batch chunks for the weight gradient: their number depends on shapes only.
+    n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
+    n_threads = _threads(n_threads, where, n * c if direct else n_chunks, flops)
     grad_x = np.empty_like(x)
     grad_bias = np.empty(c_out, dtype=x.dtype)
     if n == 0:
         return grad_x, np.zeros_like(weight), np.zeros_like(grad_bias)
     _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
-    if cg == 1 and groups > 1:
+    if direct:
         grad_weight = np.empty_like(weight)
         _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
                               *geo.kernel_args()[:-1], n_threads)
         return grad_x, grad_weight, grad_bias
-    # Fixed batch chunks for the weight gradient: their number depends on shapes only.
-    n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
     dw_part = np.empty((n_chunks, c_out, k_g), dtype=x.dtype)
     work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
-    with _single_threaded_blas():
+    with _one_blas_thread():
         _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
                               *geo.kernel_args(), True, n_threads)
     if n_chunks == 1:
@@ -279,6 +337,10 @@ def _pool_inputs(where, x, kernel_size, stride, padding, grad_out=None):
     return x, grad_out, (*k, *s, *p), o
 
 
+def _pool_threads(n_threads, where, x):
+    return _threads(n_threads, where, x.shape[0] * x.shape[1], nbytes=x.nbytes)
+
+
 def _planes(a):
     """(N, C, H, W) -> (N*C, H, W) view."""
     return a.reshape(-1, a.shape[2], a.shape[3])
@@ -292,7 +354,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
     y = np.empty((*x.shape[:2], *o), dtype=x.dtype)
     if y.size:
         _pool.max_pool2d_forward(_planes(x), _planes(y), *args,
-                                 resolve_threads(n_threads, where))
+                                 _pool_threads(n_threads, where, x))
     return y
 
 
@@ -304,7 +366,7 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, n_thre
     grad_x = np.empty_like(x)
     if x.size:
         _pool.max_pool2d_backward(_planes(grad_out), _planes(x), _planes(grad_x), *args,
-                                  resolve_threads(n_threads, where))
+                                  _pool_threads(n_threads, where, x))
     return grad_x
 
 
@@ -316,7 +378,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, n
     y = np.empty((*x.shape[:2], *o), dtype=x.dtype)
     if y.size:
         _pool.avg_pool2d_forward(_planes(x), _planes(y), *args, bool(count_include_pad),
-                                 resolve_threads(n_threads, where))
+                                 _pool_threads(n_threads, where, x))
     return y
 
 
@@ -329,7 +391,7 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
     grad_x = np.empty_like(x)
     if x.size:
         _pool.avg_pool2d_backward(_planes(grad_out), _planes(grad_x), *args,
-                                  bool(count_include_pad), resolve_threads(n_threads, where))
+                                  bool(count_include_pad), _pool_threads(n_threads, where, x))
     return grad_x
 
 
@@ -343,7 +405,7 @@ def global_avg_pool2d(x, n_threads=None):
     y = np.empty(x.shape[:2], dtype=x.dtype)
     if y.size:
         _pool.global_avg_pool2d_forward(x.reshape(y.size, -1), y.reshape(-1),
-                                        resolve_threads(n_threads, where))
+                                        _pool_threads(n_threads, where, x))
     return y
 
 
@@ -356,7 +418,7 @@ def global_avg_pool2d_backward(grad_out, x, n_threads=None):
     grad_x = np.empty_like(x)
     if x.size:
         _pool.global_avg_pool2d_backward(grad_out.reshape(-1), grad_x.reshape(grad_out.size, -1),
-                                         resolve_threads(n_threads, where))
+                                         _pool_threads(n_threads, where, x))
     return grad_x
 
 
@@ -371,9 +433,7 @@ def _elementwise(where, kernel, x, *extra, grad_out=None, n_threads=None):
         check_shape(where, "grad_out", grad_out, x.shape)
         inputs = (grad_out.reshape(-1), x.reshape(-1))
     out = np.empty_like(x)
-    threads = resolve_threads(n_threads, where)
-    if x.size < _SERIAL_BELOW:
-        threads = 1
+    threads = _threads(n_threads, where, x.size, nbytes=x.nbytes)
     kernel(*inputs, out.reshape(-1), *extra, threads)
     return out
 
@@ -451,6 +511,11 @@ def _linear_inputs(where, x, weight, bias=None, grad_out=None):
     return x, weight, bias, grad_out
 
 
+def _linear_threads(n_threads, where, x, weight):
+    return _threads(n_threads, where, x.shape[0] + weight.shape[0],
+                    flops=2 * x.shape[0] * x.shape[1] * weight.shape[0])
+
+
 def linear(x, weight, bias=None, n_threads=None):
     """Fully connected layer ``y = x @ weight.T + bias``.
 
@@ -465,8 +530,8 @@ def linear(x, weight, bias=None, n_threads=None):
     y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
     if x.shape[0]:
         b = bias if bias is not None else np.empty(0, dtype=x.dtype)
-        with _single_threaded_blas():
-            _dense.linear_forward(x, weight, b, y, resolve_threads(n_threads, where))
+        with _one_blas_thread():
+            _dense.linear_forward(x, weight, b, y, _linear_threads(n_threads, where, x, weight))
     return y
 
 
@@ -478,9 +543,9 @@ def linear_backward(grad_out, x, weight, n_threads=None):
     grad_weight = np.zeros_like(weight)
     grad_bias = np.zeros(weight.shape[0], dtype=x.dtype)
     if x.shape[0]:
-        with _single_threaded_blas():
+        with _one_blas_thread():
             _dense.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
-                                   resolve_threads(n_threads, where))
+                                   _linear_threads(n_threads, where, x, weight))
     return grad_x, grad_weight, grad_bias
 
 
@@ -498,7 +563,7 @@ def softmax(x, axis=-1, n_threads=None):
         return np.empty_like(x)
     rows = moved.reshape(-1, moved.shape[-1])
     out = np.empty_like(rows)
-    _act.softmax_rows(rows, out, resolve_threads(n_threads, where))
+    _act.softmax_rows(rows, out, _threads(n_threads, where, rows.shape[0], nbytes=rows.nbytes))
     return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
 
 
@@ -528,7 +593,7 @@ def softmax_cross_entropy(logits, labels, n_threads=None):
     labels = np.asarray(labels)
     grad = np.empty_like(logits)
     row_loss = np.empty(n, dtype=np.float64)
-    threads = resolve_threads(n_threads, where)
+    threads = _threads(n_threads, where, n, nbytes=logits.nbytes)
     if labels.ndim == 1 and labels.dtype.kind in "iu":
         check_shape(where, "labels", labels, (n,))
         if n and (labels.min() < 0 or labels.max() >= k):
@@ -567,5 +632,5 @@ def mse_loss(pred, target, n_threads=None):
         return pred.dtype.type(0.0 if n else float("nan")), grad
     row_sq = np.empty(n, dtype=np.float64)
     _act.mse_rows(pred.reshape(n, -1), target.reshape(n, -1), grad.reshape(n, -1), row_sq,
-                  resolve_threads(n_threads, where))
+                  _threads(n_threads, where, n, nbytes=pred.nbytes))
     return pred.dtype.type(_act.ordered_sum(row_sq) / (2 * n)), grad
