@@ -1,0 +1,204 @@
+"""Convolution layers: :class:`Conv2d` and :class:`Conv1d` (cross-correlation, NCHW / NCL)."""
+
+import numpy as np
+
+from .._args import conv_padding, out_size, pair
+from .. import functional as F
+from .base import Layer, as_generator, check_float_dtype, shape_str
+from .init import get_initializer
+
+__all__ = ["Conv2d", "Conv1d"]
+
+
+def _one(value, name, where, minimum):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {value!r}")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class _ConvNd(Layer):
+    """Shared parts of Conv1d / Conv2d: parameters, initialisation, config, checks."""
+
+    _nd = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                 bias, weight_init, bias_init, dtype, rng):
+        super().__init__()
+        where = type(self).__name__
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must be divisible by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        if self._nd == 2:
+            self.kernel_size = pair(kernel_size, "kernel_size", minimum=1, where=where)
+            self.stride = pair(stride, "stride", minimum=1, where=where)
+            self.dilation = pair(dilation, "dilation", minimum=1, where=where)
+            self._pad = conv_padding(padding, self.kernel_size, self.dilation, where=where)
+        else:
+            self.kernel_size = (_one(kernel_size, "kernel_size", where, 1),)
+            self.stride = (_one(stride, "stride", where, 1),)
+            self.dilation = (_one(dilation, "dilation", where, 1),)
+            if isinstance(padding, str):
+                self._pad = (conv_padding(padding, (1,) + self.kernel_size,
+                                          (1,) + self.dilation, where=where)[1],)
+            else:
+                self._pad = (_one(padding, "padding", where, 0),)
+        self.padding = padding if isinstance(padding, str) else self._pad
+        self._dtype = check_float_dtype(dtype, where)
+        self.weight_init, self.bias_init = weight_init, bias_init
+        get_initializer(weight_init, where)
+        get_initializer(bias_init, where)
+        wshape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self.add_parameter("weight", np.zeros(wshape, dtype=self._dtype))
+        self.bias = None
+        if bias:
+            self.add_parameter("bias", np.zeros(self.out_channels, self._dtype))
+        self._x = None
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None):
+        rng = as_generator(rng)
+        self.weight.data[...] = get_initializer(self.weight_init)(self.weight.shape, rng, self._dtype)
+        if self.bias is not None:
+            self.bias.data[...] = get_initializer(self.bias_init)(self.bias.shape, rng, self._dtype)
+
+    def get_config(self):
+        pad = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": pad, "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.bias is not None, "weight_init": self.weight_init,
+                "bias_init": self.bias_init, "dtype": self._dtype.name}
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if isinstance(self.padding, str):
+            s += f", padding={self.padding!r}"
+        elif any(self._pad):
+            s += f", padding={self._pad}"
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+    def _expected(self):
+        spatial = ", H, W" if self._nd == 2 else ", L"
+        return f"(N, {self.in_channels}{spatial})"
+
+    def _check_input(self, shape, batch=True):
+        ndim = self._nd + (2 if batch else 1)
+        c_axis = 1 if batch else 0
+        plural = "" if self.in_channels == 1 else "s"
+        if len(shape) != ndim or shape[c_axis] != self.in_channels:
+            expected = self._expected() if batch else self._expected().replace("(N, ", "(")
+            raise ValueError(f"{self!r}: expected input with {self.in_channels} channel{plural} "
+                             f"{expected}, got {shape_str(shape)}")
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_input(input_shape, batch=False)
+        where = repr(self)
+        sizes = []
+        axes = ("H", "W") if self._nd == 2 else ("L",)
+        for i in range(self._nd):
+            sizes.append(out_size(input_shape[1 + i], self.kernel_size[i], self.stride[i],
+                                  self._pad[i], self.dilation[i], where=where, axis=axes[i]))
+        return (self.out_channels,) + tuple(sizes)
+
+    def _bias_data(self):
+        return None if self.bias is None else self.bias.data
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation) over ``(N, C_in, H, W)`` inputs.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, dilation : int or pair of ints
+    padding : int, pair or 'valid' / 'same' / 'full'
+    groups : int
+        ``in_channels`` and ``out_channels`` must be divisible by it.
+    bias : bool
+    weight_init, bias_init : str
+        Initialiser names from :mod:`cnncore.layers.init` (default He uniform and zeros).
+    dtype : float32 or float64
+    rng : numpy Generator, int seed or None
+        Source of the initial weights.
+
+    Attributes
+    ----------
+    weight : Parameter ``(C_out, C_in // groups, kH, kW)``
+    bias : Parameter ``(C_out,)`` or None
+    """
+
+    _nd = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, weight_init="he_uniform", bias_init="zeros",
+                 dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, weight_init, bias_init, dtype, rng)
+
+    def forward(self, x):
+        self._check_dtype(x)
+        self._check_input(x.shape)
+        y = F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self._pad,
+                     self.dilation, self.groups)
+        self._x = x
+        return y
+
+    def backward(self, grad_out):
+        if self._x is None:
+            raise self._backward_before_forward()
+        gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride,
+                                       self._pad, self.dilation, self.groups)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution (cross-correlation) over ``(N, C_in, L)`` inputs; arguments as
+    :class:`Conv2d` with ints (or 1-tuples) instead of pairs."""
+
+    _nd = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, weight_init="he_uniform", bias_init="zeros",
+                 dtype=np.float32, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, weight_init, bias_init, dtype, rng)
+
+    def forward(self, x):
+        self._check_dtype(x)
+        self._check_input(x.shape)
+        y = F.conv1d(x, self.weight.data, self._bias_data(), self.stride[0], self._pad[0],
+                     self.dilation[0], self.groups)
+        self._x = x
+        return y
+
+    def backward(self, grad_out):
+        if self._x is None:
+            raise self._backward_before_forward()
+        gx, gw, gb = F.conv1d_backward(grad_out, self._x, self.weight.data, self.stride[0],
+                                       self._pad[0], self.dilation[0], self.groups)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx

@@ -1,0 +1,128 @@
+"""Model-level helpers: :func:`summary` (a Keras-like table), :func:`predict` (batched
+inference in eval mode) and ready-made architectures (:func:`lenet5`).
+
+Any layer can be a model; in practice a model is a :class:`cnncore.layers.Sequential`.
+``model.summary(input_shape)``, ``model.save(path)`` and ``model.predict(x)`` are methods of
+every layer that call the functions here and in :mod:`cnncore.serialization`.
+"""
+
+import numpy as np
+
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .layers.base import shape_str
+
+__all__ = ["summary", "predict", "lenet5", "count_parameters"]
+
+
+def count_parameters(model):
+    """Number of trainable scalars of ``model``."""
+    return model.num_parameters()
+
+
+def _rows(layer, name, input_shape, depth, rows):
+    children = getattr(layer, "summary_children", None)
+    own = int(sum(p.size for p in layer._params.values()))
+    own_buf = int(sum(b.size for b in layer._buffers.values()))
+    out_shape = tuple(layer.output_shape(input_shape))
+    label = ("  " * depth) + (f"{name} " if name else "") + f"({type(layer).__name__})"
+    rows.append((label, "(None, " + ", ".join(str(d) for d in out_shape) + ")", own, own_buf))
+    if children is not None:
+        for cname, child, cin in layer.summary_children(input_shape):
+            _rows(child, f"{name}.{cname}" if name else cname, cin, depth + 1, rows)
+    return out_shape
+
+
+def summary(model, input_shape=None, print_fn=print):
+    """Table of layers, output shapes and parameter counts, with totals (like Keras).
+
+    Parameters
+    ----------
+    model : Layer
+    input_shape : tuple
+        Shape of one input sample (no batch axis), e.g. ``(1, 28, 28)``. If omitted,
+        ``model.input_shape`` is used when the model has that attribute.
+    print_fn : callable or None
+        Called with the table; None to only return it.
+
+    Returns
+    -------
+    str
+        The table. Containers print their children indented below them.
+    """
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError("summary: pass input_shape, the shape of one sample without the "
+                             "batch axis, e.g. model.summary((1, 28, 28))")
+    input_shape = tuple(int(s) for s in input_shape)
+    rows = []
+    top_children = getattr(model, "summary_children", None)
+    if top_children is not None and type(model).__name__ == "Sequential":
+        shape = input_shape
+        for cname, child, cin in model.summary_children(input_shape):
+            shape = _rows(child, cname, cin, 0, rows)
+    else:
+        _rows(model, "", input_shape, 0, rows)
+    total = model.num_parameters()
+    buffers = int(sum(b.size for _, b in model.named_buffers()))
+    w0 = max([len("Layer (type)")] + [len(r[0]) for r in rows]) + 2
+    w1 = max([len("Output Shape")] + [len(r[1]) for r in rows]) + 2
+    w2 = max(len("Param #"), len(f"{total:,}"))
+    width = w0 + w1 + w2
+    lines = [f'Model: "{type(model).__name__}"  input {shape_str(input_shape)}',
+             "_" * width,
+             f"{'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>{w2}}",
+             "=" * width]
+    for label, shape, n, _ in rows:
+        lines.append(f"{label:<{w0}}{shape:<{w1}}{n:>{w2},}")
+    lines += ["=" * width,
+              f"Total params: {total:,}",
+              f"Trainable params: {total:,}",
+              f"Non-trainable buffers: {buffers:,}",
+              "_" * width]
+    text = "\n".join(lines)
+    if print_fn is not None:
+        print_fn(text)
+    return text
+
+
+def predict(model, x, batch_size=256):
+    """Outputs of ``model`` for ``x`` in eval mode, ``batch_size`` samples at a time.
+
+    The model's training/eval mode is restored afterwards. ``x`` must already have the
+    model's dtype and layout (e.g. ``(N, 1, 28, 28)`` float32).
+    """
+    if batch_size < 1:
+        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model.forward(np.ascontiguousarray(x[i:i + batch_size]))
+                for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError("predict: x is empty")
+    return np.concatenate(outs, axis=0)
+
+
+def lenet5(num_classes=10, in_channels=1, seed=0, dtype=np.float32):
+    """LeNet-5 with ReLU and max pooling for 28x28 inputs (61,706 parameters for 10 classes):
+    conv5x5 1->6 (padding 2), ReLU, maxpool 2; conv5x5 6->16, ReLU, maxpool 2; flatten;
+    linear 400->120, ReLU, 120->84, ReLU, 84->``num_classes``.
+
+    Parameters
+    ----------
+    seed : int or None
+        Initialisation seed (same seed, same weights).
+    """
+    model = Sequential(
+        Conv2d(in_channels, 6, 5, padding=2, dtype=dtype), ReLU(), MaxPool2d(2),
+        Conv2d(6, 16, 5, dtype=dtype), ReLU(), MaxPool2d(2),
+        Flatten(),
+        Linear(16 * 5 * 5, 120, dtype=dtype), ReLU(),
+        Linear(120, 84, dtype=dtype), ReLU(),
+        Linear(84, num_classes, dtype=dtype),
+    )
+    model.input_shape = (in_channels, 28, 28)
+    return model.initialize(seed)

@@ -1,0 +1,372 @@
+"""The :class:`Trainer`: mini-batch training loop, evaluation, prediction, checkpoints.
+
+Inputs must already be in the model's layout and dtype family: convert images first, e.g.
+``x = x_uint8.astype(np.float32)[:, None] / 255`` for ``(N, H, W)`` uint8 images (a floating
+array of the other precision is converted batch by batch; integer images are refused).
+
+Determinism: with the same initial weights, the same ``seed`` and the same thread count a
+run gives bit-identical weights; a run resumed from a checkpoint (``save_checkpoint`` /
+``from_checkpoint``) continues exactly as if it had not stopped.
+"""
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import serialization
+from .callbacks import Callback, History
+from .layers.norm import generator_from_state, generator_state
+from .losses import Loss, loss_from_config
+from .optim import Optimizer, optimizer_from_config
+
+__all__ = ["Trainer", "TrainingDiverged"]
+
+
+class TrainingDiverged(FloatingPointError, RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and the batch."""
+
+
+def _tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def _fmt_time(seconds):
+    seconds = int(round(seconds))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class _Progress:
+    """Per-epoch progress: tqdm when installed, else a plain line rewritten with ``\\r``."""
+
+    def __init__(self, total, desc, enabled, file=None):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.file = file or sys.stderr
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._bar = None
+        if enabled:
+            tqdm = _tqdm()
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True,
+                                 leave=False, file=self.file, dynamic_ncols=True)
+
+    def update(self, n, loss, acc):
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(n)
+            if now - self._last > 0.2 or self.done >= self.total:
+                post = {"loss": f"{loss:.4f}"}
+                if acc is not None:
+                    post["acc"] = f"{acc:.4f}"
+                self._bar.set_postfix(post, refresh=False)
+                self._last = now
+            return
+        if now - self._last < 0.5 and self.done < self.total:
+            return
+        self._last = now
+        elapsed = now - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        acc_s = "" if acc is None else f"  acc {acc:.4f}"
+        self.file.write(f"\r{self.desc}  {self.done}/{self.total}  loss {loss:.4f}{acc_s}  "
+                        f"{rate:.0f} img/s  ETA {_fmt_time(eta)}   ")
+        self.file.flush()
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            self.file.write("\r" + " " * 100 + "\r")
+            self.file.flush()
+
+
+class Trainer:
+    """Train a model with a loss and an optimiser.
+
+    Parameters
+    ----------
+    model : Layer
+    loss : Loss
+        E.g. :class:`cnncore.losses.SoftmaxCrossEntropy`.
+    optimizer : Optimizer
+        Built on ``model.parameters()``.
+    seed : int, optional
+        Seed of the shuffling generator (``fit(seed=...)`` reseeds it).
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs completed (over all ``fit`` calls and restored by checkpoints).
+    global_step : int
+        Optimiser steps taken.
+    stop_training : bool
+        Set by a callback to end ``fit`` after the current epoch.
+    """
+
+    def __init__(self, model, loss, optimizer, seed=None):
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Trainer: loss must be a cnncore.losses.Loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("Trainer: optimizer must be a cnncore.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.epoch = 0
+        self.global_step = 0
+        self.stop_training = False
+        self._rng = np.random.default_rng(seed)
+
+    # ------------------------------------------------------------------ data checks
+    def _check(self, x, y, where):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"Trainer.{where}: x must be a numpy array, got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise TypeError(
+                f"Trainer.{where}: x has dtype {x.dtype}; convert it to floats first, e.g. "
+                f"x.astype(np.float32)[:, None] / 255 for (N, H, W) uint8 images")
+        if len(x) == 0:
+            raise ValueError(f"Trainer.{where}: x is empty")
+        if y is not None:
+            y = self.loss.prepare_targets(y, where=f"Trainer.{where}")
+            if len(y) != len(x):
+                raise ValueError(f"Trainer.{where}: x has {len(x)} samples but y has {len(y)}")
+        return x, y
+
+    def _batch(self, x, idx):
+        xb = x[idx]
+        dtype = self.model.dtype
+        if dtype is not None and xb.dtype != dtype:
+            return xb.astype(dtype)
+        return np.ascontiguousarray(xb)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True, seed=None,
+            callbacks=None, verbose=1, transform=None):
+        """Train for ``epochs`` more epochs.
+
+        Parameters
+        ----------
+        x : ndarray (N, ...)
+            Floating inputs in the model's layout (see the module docstring).
+        y : ndarray
+            Targets for the loss (class indices or one-hot rows for SoftmaxCrossEntropy).
+        epochs : int
+            Number of epochs to run in this call; epoch numbers continue from
+            ``self.epoch`` (e.g. after :meth:`from_checkpoint`).
+        batch_size : int
+            The last batch of an epoch may be smaller.
+        validation_data : (x_val, y_val), optional
+            Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+        shuffle : bool
+            Visit the samples in a new random order every epoch.
+        seed : int, optional
+            Reseed the shuffling generator; leave None to continue its stream (what a
+            resumed run must do).
+        callbacks : list of Callback
+        verbose : int
+            0 silent, 1 progress bar and one line per epoch, 2 one line per epoch.
+        transform : callable, optional
+            Data augmentation: ``transform(x_batch, rng) -> x_batch`` is applied to every
+            training batch (not to validation data). ``rng`` is the trainer's generator (the
+            one that shuffles), so augmented runs stay deterministic and resumable.
+
+        Returns
+        -------
+        History
+
+        Raises
+        ------
+        TrainingDiverged
+            When the loss becomes NaN or infinite (message names epoch and batch).
+        """
+        x, y = self._check(x, y, "fit")
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("Trainer.fit: validation_data must be a pair (x_val, y_val)")
+            xv, yv = self._check(validation_data[0], validation_data[1], "fit (validation_data)")
+        if int(epochs) < 0 or int(batch_size) < 1:
+            raise ValueError(f"Trainer.fit: need epochs >= 0 and batch_size >= 1, got "
+                             f"epochs={epochs}, batch_size={batch_size}")
+        epochs, batch_size = int(epochs), int(batch_size)
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"Trainer.fit: callbacks must be Callback instances, got {cb!r}")
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        n = len(x)
+        n_batches = -(-n // batch_size)
+        history = History()
+        params = self.model.parameters()
+        self.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        first, last = self.epoch, self.epoch + epochs
+        logs = {}
+        for epoch in range(first, last):
+            for cb in callbacks:
+                cb.on_epoch_begin(self, epoch)
+            self.model.train()
+            t0 = time.perf_counter()
+            order = self._rng.permutation(n) if shuffle else None
+            progress = _Progress(n, f"epoch {epoch + 1}/{last}", verbose == 1)
+            total_loss, total_correct, has_acc = 0.0, 0, True
+            try:
+                for b in range(n_batches):
+                    sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+                    idx = order[sl] if shuffle else sl
+                    xb, yb = self._batch(x, idx), y[idx]
+                    if transform is not None:
+                        xb = transform(xb, self._rng)
+                    for cb in callbacks:
+                        cb.on_batch_begin(self, b)
+                    for p in params:
+                        p.grad.fill(0)
+                    out = self.model.forward(xb)
+                    loss = self.loss.forward(out, yb)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"loss is {loss} at epoch {epoch + 1}, batch {b + 1}/{n_batches} "
+                            f"(step {self.global_step + 1}); lower the learning rate or check "
+                            "the inputs for NaN/Inf")
+                    self.model.backward(self.loss.backward())
+                    self.optimizer.step()
+                    self.global_step += 1
+                    m = len(xb)
+                    total_loss += loss * m
+                    correct = self.loss.correct(out, yb) if has_acc else None
+                    if correct is None:
+                        has_acc = False
+                    else:
+                        total_correct += correct
+                    seen = progress.done + m
+                    progress.update(m, total_loss / seen, total_correct / seen if has_acc else None)
+                    if callbacks:
+                        blogs = {"loss": loss, "size": m}
+                        for cb in callbacks:
+                            cb.on_batch_end(self, b, blogs)
+            finally:
+                progress.close()
+            train_time = time.perf_counter() - t0
+            logs = {"loss": total_loss / n, "accuracy": total_correct / n if has_acc else None}
+            if validation_data is not None:
+                val = self.evaluate(xv, yv, batch_size=max(batch_size, 256))
+                logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+            logs["lr"] = self.optimizer.lr
+            logs["seconds"] = time.perf_counter() - t0
+            logs["images_per_sec"] = n / train_time if train_time > 0 else float("inf")
+            self.epoch = epoch + 1
+            history.append(self.epoch, logs)
+            if verbose:
+                self._print_epoch(last, logs)
+            for cb in callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+            if self.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end(self, logs)
+        return history
+
+    def _print_epoch(self, last, logs):
+        parts = [f"epoch {self.epoch}/{last}", f"{logs['seconds']:.1f}s"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if logs.get(key) is not None:
+                parts.append(f"{key} {logs[key]:.4f}")
+        parts.append(f"lr {logs['lr']:.3g}")
+        parts.append(f"{logs['images_per_sec']:.0f} img/s")
+        print(" - ".join(parts), flush=True)
+
+    # ------------------------------------------------------------------ inference
+    def evaluate(self, x, y, batch_size=256):
+        """Mean loss and accuracy (None if not a classification target) over ``(x, y)``,
+        in eval mode. Returns ``{"loss": float, "accuracy": float or None}``."""
+        x, y = self._check(x, y, "evaluate")
+        was_training = self.model.training
+        self.model.eval()
+        total_loss, total_correct, has_acc = 0.0, 0, True
+        try:
+            for start in range(0, len(x), batch_size):
+                sl = slice(start, start + batch_size)
+                xb, yb = self._batch(x, sl), y[sl]
+                out = self.model.forward(xb)
+                total_loss += self.loss.forward(out, yb) * len(xb)
+                correct = self.loss.correct(out, yb) if has_acc else None
+                if correct is None:
+                    has_acc = False
+                else:
+                    total_correct += correct
+        finally:
+            self.model.train(was_training)
+        n = len(x)
+        return {"loss": total_loss / n, "accuracy": total_correct / n if has_acc else None}
+
+    def predict(self, x, batch_size=256):
+        """Model outputs for ``x`` in eval mode (e.g. logits; ``argmax(axis=1)`` for
+        classes)."""
+        x, _ = self._check(x, None, "predict")
+        dtype = self.model.dtype
+        if dtype is not None and x.dtype != dtype:
+            x = x.astype(dtype)
+        return self.model.predict(x, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self):
+        """JSON-serialisable trainer state: counters, shuffling generator, loss config."""
+        return {"epoch": self.epoch, "global_step": self.global_step,
+                "shuffle_rng": generator_state(self._rng), "loss": self.loss.to_config()}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self._rng = generator_from_state(state["shuffle_rng"])
+
+    def save_checkpoint(self, path):
+        """Write model, optimiser state and trainer state to ``path`` (atomically)."""
+        serialization.save(path, self.model, optimizer=self.optimizer,
+                           trainer_state=self.state_dict())
+
+    def load_checkpoint(self, path):
+        """Load a checkpoint into this trainer's model, optimiser and counters (the model and
+        optimiser must match the saved ones)."""
+        ck = serialization.load_checkpoint(path)
+        if ck.optimizer_state is None or ck.trainer_state is None:
+            raise ValueError(f"{path}: a model file, not a training checkpoint (no optimiser "
+                             "or trainer state); write it with Trainer.save_checkpoint")
+        self.model.load_state_dict(ck.model.state_dict(), where=str(path))
+        self.model.load_extra_states(ck.model.named_extra_states())
+        self.optimizer.load_state_dict(ck.optimizer_state)
+        self.load_state_dict(ck.trainer_state)
+        return self
+
+    @classmethod
+    def from_checkpoint(cls, path, loss=None):
+        """Rebuild model, optimiser (from its saved config and state), loss and counters from
+        a file written by :meth:`save_checkpoint`; ``fit`` then continues the run exactly."""
+        ck = serialization.load_checkpoint(path)
+        if ck.optimizer_state is None or ck.trainer_state is None:
+            raise ValueError(f"{path}: a model file, not a training checkpoint (no optimiser "
+                             "or trainer state); write it with Trainer.save_checkpoint")
+        model = ck.model.train()
+        try:
+            optimizer = optimizer_from_config(ck.optimizer_config, model.parameters())
+            optimizer.load_state_dict(ck.optimizer_state)
+            if loss is None:
+                loss = loss_from_config(ck.trainer_state["loss"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: invalid optimiser or trainer state ({e})") from e
+        trainer = cls(model, loss, optimizer)
+        trainer.load_state_dict(ck.trainer_state)
+        return trainer
