@@ -26,6 +26,7 @@ import os
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from ._api import KERNELS, NORM_KERNELS
 from ._args import conv_padding, out_size, pair
 from ._checks import check_blas_size, check_int, check_ndim, check_shape, float_arrays
 from ._config import resolve_threads
@@ -34,15 +35,11 @@ from ._kernels import conv as _conv
 from ._kernels import conv_direct as _conv_direct
 from ._kernels import dense as _dense
 from ._kernels import pool as _pool
+from ._norm_kernels import (  # noqa: F401  (re-exported)
+    batch_norm, batch_norm_backward, dropout, dropout_backward, local_response_norm,
+    local_response_norm_backward)
 
-__all__ = [
-    "conv2d", "conv2d_backward", "conv1d", "conv1d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "global_avg_pool2d", "global_avg_pool2d_backward",
-    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-    "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
-]
+__all__ = list(KERNELS + NORM_KERNELS)
 
 # A parallel region costs microseconds on an idle machine and far more when another process
 # holds a core (the team waits for its slowest thread), so small calls run on fewer threads:

@@ -14,16 +14,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import expit
 
+from ._api import KERNELS, NORM_KERNELS
 from ._args import conv_padding, out_size, pair
+from ._norm_reference import (  # noqa: F401  (re-exported)
+    batch_norm, batch_norm_backward, dropout, dropout_backward, local_response_norm,
+    local_response_norm_backward)
 
-__all__ = [
-    "conv2d", "conv2d_backward", "conv1d", "conv1d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "global_avg_pool2d", "global_avg_pool2d_backward",
-    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
-    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-    "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
-]
+__all__ = list(KERNELS + NORM_KERNELS)
 
 
 # ----------------------------------------------------------------------------- convolution

@@ -1,4 +1,7 @@
-# Declarations of the C helpers in csrc/cnncore_simd.h.
+# Declarations of the C helpers in csrc/cnncore_simd.h, and fused-type wrappers that pick
+# the float or double version (one body for both dtypes in the kernels that use them).
+from cython cimport floating
+
 cdef extern from "cnncore_simd.h" nogil:
     void cnn_gather_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
     void cnn_gather_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride)
@@ -25,3 +28,51 @@ cdef extern from "cnncore_simd.h" nogil:
     double cnn_dot_d(const double* a, const double* b, Py_ssize_t n, Py_ssize_t stride)
     void cnn_max_row_f(float* m, const float* x, Py_ssize_t n, Py_ssize_t stride)
     void cnn_max_row_d(double* m, const double* x, Py_ssize_t n, Py_ssize_t stride)
+
+
+cdef inline void _gather(floating* dst, const floating* src, Py_ssize_t n,
+                         Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        cnn_gather_f(dst, src, n, stride)
+    else:
+        cnn_gather_d(dst, src, n, stride)
+
+
+cdef inline void _scatter_add(floating* dst, const floating* src, Py_ssize_t n,
+                              Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        cnn_scatter_add_f(dst, src, n, stride)
+    else:
+        cnn_scatter_add_d(dst, src, n, stride)
+
+
+cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                       floating a) noexcept nogil:
+    if floating is float:
+        cnn_axpy_f(y, x, n, stride, a)
+    else:
+        cnn_axpy_d(y, x, n, stride, a)
+
+
+cdef inline void _scatter_axpy(floating* dx, const floating* dy, Py_ssize_t n,
+                               Py_ssize_t stride, floating a) noexcept nogil:
+    if floating is float:
+        cnn_scatter_axpy_f(dx, dy, n, stride, a)
+    else:
+        cnn_scatter_axpy_d(dx, dy, n, stride, a)
+
+
+cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n,
+                          Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        return cnn_dot_f(a, b, n, stride)
+    else:
+        return cnn_dot_d(a, b, n, stride)
+
+
+cdef inline void _max_row(floating* m, const floating* x, Py_ssize_t n,
+                          Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        cnn_max_row_f(m, x, n, stride)
+    else:
+        cnn_max_row_d(m, x, n, stride)

@@ -17,24 +17,7 @@ from cython.parallel cimport prange, parallel, threadid
 
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport (cnn_gather_f, cnn_gather_d,
-                                     cnn_scatter_add_f, cnn_scatter_add_d)
-
-
-cdef inline void _gather(floating* dst, const floating* src, Py_ssize_t n,
-                         Py_ssize_t stride) noexcept nogil:
-    if floating is float:
-        cnn_gather_f(dst, src, n, stride)
-    else:
-        cnn_gather_d(dst, src, n, stride)
-
-
-cdef inline void _scatter_add(floating* dst, const floating* src, Py_ssize_t n,
-                              Py_ssize_t stride) noexcept nogil:
-    if floating is float:
-        cnn_scatter_add_f(dst, src, n, stride)
-    else:
-        cnn_scatter_add_d(dst, src, n, stride)
+from cnncore._kernels._simd cimport _gather, _scatter_add
 
 
 cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN

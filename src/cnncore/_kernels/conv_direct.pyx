@@ -15,36 +15,11 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport (cnn_axpy_f, cnn_axpy_d, cnn_scatter_axpy_f,
-                                     cnn_scatter_axpy_d, cnn_dot_f, cnn_dot_d)
+from cnncore._kernels._simd cimport _axpy, _scatter_axpy, _dot
 
 
 cdef struct Plane:
     Py_ssize_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
-
-
-cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                       floating a) noexcept nogil:
-    if floating is float:
-        cnn_axpy_f(y, x, n, stride, a)
-    else:
-        cnn_axpy_d(y, x, n, stride, a)
-
-
-cdef inline void _scatter_axpy(floating* dx, const floating* dy, Py_ssize_t n,
-                               Py_ssize_t stride, floating a) noexcept nogil:
-    if floating is float:
-        cnn_scatter_axpy_f(dx, dy, n, stride, a)
-    else:
-        cnn_scatter_axpy_d(dx, dy, n, stride, a)
-
-
-cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n,
-                          Py_ssize_t stride) noexcept nogil:
-    if floating is float:
-        return cnn_dot_f(a, b, n, stride)
-    else:
-        return cnn_dot_d(a, b, n, stride)
 
 
 cdef void _forward_plane(const Plane* g, const floating* x, const floating* w,  # IN

@@ -15,8 +15,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport (cnn_max_row_f, cnn_max_row_d, cnn_axpy_f, cnn_axpy_d,
-                                     cnn_scatter_axpy_f, cnn_scatter_axpy_d)
+from cnncore._kernels._simd cimport _max_row, _axpy, _scatter_axpy
 
 cdef enum:
     CHUNK = 256  # output columns handled at once by the kernels that need a row buffer
@@ -31,14 +30,6 @@ cdef Window _window(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, in
     cdef Window g
     g.H, g.W, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw = H, W, Ho, Wo, kh, kw, sh, sw, ph, pw
     return g
-
-
-cdef inline void _max_row(floating* m, const floating* x, Py_ssize_t n,
-                          Py_ssize_t stride) noexcept nogil:
-    if floating is float:
-        cnn_max_row_f(m, x, n, stride)
-    else:
-        cnn_max_row_d(m, x, n, stride)
 
 
 cdef Py_ssize_t _argmax_window(const floating* x, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
@@ -58,22 +49,6 @@ cdef Py_ssize_t _argmax_window(const floating* x, Py_ssize_t W, Py_ssize_t h0, P
                 if v != v:
                     return best
     return best
-
-
-cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                       floating a) noexcept nogil:
-    if floating is float:
-        cnn_axpy_f(y, x, n, stride, a)
-    else:
-        cnn_axpy_d(y, x, n, stride, a)
-
-
-cdef inline void _scatter_axpy(floating* dx, const floating* dy, Py_ssize_t n,
-                               Py_ssize_t stride, floating a) noexcept nogil:
-    if floating is float:
-        cnn_scatter_axpy_f(dx, dy, n, stride, a)
-    else:
-        cnn_scatter_axpy_d(dx, dy, n, stride, a)
 
 
 cdef inline void _clip(Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t c0, Py_ssize_t c1,
