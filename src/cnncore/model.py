@@ -57,7 +57,7 @@ def summary(model, input_shape=None, print_fn=print):
     input_shape = tuple(int(s) for s in input_shape)
     rows = []
     top_children = getattr(model, "summary_children", None)
-    if top_children is not None and type(model).__name__ == "Sequential":
+    if top_children is not None and isinstance(model, Sequential):
         shape = input_shape
         for cname, child, cin in model.summary_children(input_shape):
             shape = _rows(child, cname, cin, 0, rows)

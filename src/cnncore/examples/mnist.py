@@ -5,6 +5,8 @@ learning-rate decay and random translations of up to 2 pixels (``--shift``) reac
 than 99 % test accuracy in 10 epochs. The script shows progress,
 prints the time per epoch, saves the model (``lenet5_mnist.npz``) and a PNG of the training
 curves (if matplotlib is installed) in ``--out``, and ends with ``test accuracy: 0.XXXX``.
+With ``--viz`` it also saves the first-layer filters and the feature maps of the first test
+image (``lenet5_mnist_filters.png``, ``lenet5_mnist_feature_maps.png``, via :mod:`cnncore.viz`).
 
 The test set is evaluated after every epoch to draw the curves; it is not used to choose
 anything (no early stopping, fixed schedule).
@@ -70,6 +72,9 @@ def parse_args(argv=None):
                    help="random translation of training images by up to this many pixels "
                         "(data augmentation; 0 disables it; default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--viz", action="store_true",
+                   help="also save the first-layer filters and the feature maps of one test "
+                        "image (cnncore.viz; needs matplotlib)")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or (args.subset is not None and args.subset < 1):
         p.error("--epochs, --batch-size and --subset must be positive")
@@ -122,6 +127,13 @@ def main(argv=None):
     else:
         print("matplotlib is not installed: skipping the training-curve PNG "
               "(pip install matplotlib)")
+    if args.viz:
+        from .. import viz
+        for name, draw in (("filters", lambda p: viz.plot_filters(model, p)),
+                           ("feature_maps", lambda p: viz.plot_feature_maps(model, x_test[0], p))):
+            path = os.path.join(args.out, f"lenet5_mnist_{name}.png")
+            draw(path)
+            print(f"saved {name.replace('_', ' ')} to {path}")
     result = trainer.evaluate(x_test, y_test)
     print(f"test accuracy: {result['accuracy']:.4f}")
     return result["accuracy"]

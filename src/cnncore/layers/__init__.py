@@ -6,6 +6,7 @@ Every layer has ``forward(x)``, ``backward(grad_out) -> grad_in``, ``parameters(
 """
 
 from . import init
+from .adaptive import AdaptiveAvgPool2d
 from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, Parameter, layer_from_config, register_layer
 from .containers import Concat, Residual, Sequential
@@ -17,6 +18,7 @@ from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 __all__ = [
     "Layer", "Parameter", "layer_from_config", "register_layer", "init",
     "Conv2d", "Conv1d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "AdaptiveAvgPool2d",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "Flatten", "Identity", "Linear", "Dense",
     "Dropout", "BatchNorm2d", "BatchNorm1d", "LocalResponseNorm",

@@ -31,6 +31,10 @@ def layer_from_config(config):
     name = config["class"]
     cls = _REGISTRY.get(name)
     if cls is None:
+        # The model zoo's containers (ResidualBlock, ResNet, ...) register on import.
+        from .. import zoo  # noqa: F401
+        cls = _REGISTRY.get(name)
+    if cls is None:
         raise ValueError(f"unknown layer class {name!r} (known: {', '.join(sorted(_REGISTRY))}); "
                          "a custom layer must be imported before loading a model that uses it")
     layer = cls.from_config(config)
