@@ -1,0 +1,222 @@
+"""Text output: number formats, the aligned tables, the header and the summary."""
+
+import math
+
+#: Share of the CPUs used by other processes above which a row is marked with '!'.
+BUSY = 0.10
+
+__all__ = ["fmt_ms", "fmt_num", "fmt_ratio", "Table", "OP_TABLE", "LENET_TABLE",
+           "header_lines", "summary_lines"]
+
+
+def fmt_ms(seconds):
+    """Seconds as milliseconds with about four significant digits; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    if ms >= 1000:
+        return f"{ms:.0f}"
+    if ms >= 100:
+        return f"{ms:.1f}"
+    if ms >= 10:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_num(value, digits=1):
+    """A rate or percentage; ``-`` for None / NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value >= 1e5:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_ratio(value):
+    """A ratio with two decimals (three below 0.1); ``-`` for None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value < 0.1:
+        return f"{value:.3f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def fmt_range(summary):
+    """``min..max`` in ms of a timing summary."""
+    if summary is None:
+        return "-"
+    return f"{fmt_ms(summary['min'])}..{fmt_ms(summary['max'])}"
+
+
+class Table:
+    """Fixed-width columns, so that rows can be printed as soon as they are measured.
+
+    Parameters
+    ----------
+    columns : list of (title, width, align)
+        ``align`` is ``"<"`` or ``">"``.
+    """
+
+    def __init__(self, columns):
+        self.columns = columns
+
+    def row(self, *cells):
+        parts = []
+        for (_, width, align), cell in zip(self.columns, cells):
+            parts.append(f"{str(cell):{align}{width}}")
+        return " ".join(parts).rstrip()
+
+    def header(self):
+        head = self.row(*(c[0] for c in self.columns))
+        return head + "\n" + "-" * len(head)
+
+
+OP_TABLE = Table([
+    ("op", 14, "<"), ("shape N x C x H x W > C_out", 28, "<"), ("pass", 4, "<"),
+    ("cnncore", 9, ">"), ("min..max", 17, ">"), ("numpy", 9, ">"), ("torch", 9, ">"),
+    ("/torch", 6, ">"), ("xnumpy", 6, ">"), ("GFLOP/s", 8, ">"), ("%gemm", 6, ">"),
+    ("%theo", 6, ">"),
+])
+
+LENET_TABLE = Table([
+    ("LeNet-5 step", 12, "<"), ("implementation", 19, "<"), ("ms", 9, ">"),
+    ("min..max", 17, ">"), ("images/s", 9, ">"), ("/torch", 6, ">"), ("xnumpy", 6, ">"),
+    ("GFLOP/s", 8, ">"), ("%gemm", 6, ">"), ("%theo", 6, ">"), ("faults", 6, ">"),
+])
+
+
+def op_row(row):
+    """One line of :data:`OP_TABLE` from a conv or pool result row."""
+    t = row["times"]
+    rate = row.get("gflops") if row["group"] == "conv" else row.get("gbps")
+    flag = "" if row.get("ok", True) else "  <-- results differ, see below"
+    if (row.get("other_cpu") or 0) > BUSY:
+        flag = f" ! {100 * row['other_cpu']:.0f}% busy" + flag
+    return OP_TABLE.row(
+        row["name"], row["shape_text"], row["pass"], fmt_ms(t["cnncore"]["median"]),
+        fmt_range(t["cnncore"]), fmt_ms((t.get("reference") or {}).get("median")),
+        fmt_ms((t.get("torch") or {}).get("median")), fmt_ratio(row.get("ratio_torch")),
+        fmt_ratio(row.get("speedup_reference")), fmt_num(rate),
+        fmt_num(row.get("pct_peak_gemm")), fmt_num(row.get("pct_peak_theoretical"))) + flag
+
+
+LENET_LABELS = {"cnncore": "cnncore.functional", "layers": "cnncore.layers",
+                "reference": "numpy reference", "torch": "torch.nn"}
+
+
+def lenet_rows(row):
+    """Lines of :data:`LENET_TABLE` for one batch size (one line per implementation)."""
+    lines = []
+    t = row["times"]
+    busy = ""
+    if (row.get("other_cpu") or 0) > BUSY:
+        busy = f" ! {100 * row['other_cpu']:.0f}% busy"
+    torch_t = (t.get("torch") or {}).get("median")
+    ref_t = (t.get("reference") or {}).get("median")
+    for key, label in LENET_LABELS.items():
+        s = t.get(key)
+        if s is None:
+            continue
+        med = s["median"]
+        ratio = med / torch_t if torch_t and key != "torch" else None
+        speed = ref_t / med if ref_t and key not in ("reference",) else None
+        info = row["per_impl"][key]
+        lines.append(LENET_TABLE.row(
+            f"batch {row['batch']}", label, fmt_ms(med), fmt_range(s),
+            fmt_num(info["images_per_s"], 0), fmt_ratio(ratio), fmt_ratio(speed),
+            fmt_num(info["gflops"]), fmt_num(info.get("pct_peak_gemm")),
+            fmt_num(info.get("pct_peak_theoretical")),
+            fmt_num(s.get("minor_faults_per_call"), 0)) + busy)
+    return lines
+
+
+def header_lines(res):
+    """The header: what ran, on what, against what peak."""
+    s, m, cfg = res["settings"], res["machine"], res["config"]
+    peak = res["peak"]
+    p = "FP64" if s["dtype"] == "float64" else "FP32"
+    lines = [
+        f"cnncore.bench: cnncore {cfg.get('version')} vs NumPy reference vs PyTorch, "
+        f"{s['dtype']}, {s['threads']} thread(s), mode {s['mode']}",
+        f"  timing: median of {s['repeats']} repeats after {s['warmup']} warm-up "
+        f"(numpy reference: {s['ref_repeats']} after {s['ref_warmup']}); "
+        "time.perf_counter, inputs made outside the timed region, seeded data",
+    ]
+    if s.get("mode_note"):
+        lines.append(f"  {s['mode_note']}")
+    load = m.get("load_average")
+    lines += [
+        f"machine: {m.get('model') or 'unknown CPU'}, {m.get('physical_cores')} core(s) / "
+        f"{m.get('logical_cpus')} logical CPU(s), load average {fmt_num(load, 2)} at start",
+        f"{p} peak at {s['threads']} thread(s):",
+        f"  measured: {fmt_num(peak['gemm']['gflops'])} GFLOP/s, best NumPy "
+        f"{peak['gemm']['dtype']} matmul {peak['gemm']['n']}^2 ({peak['gemm']['blas']})",
+        f"  theoretical: {fmt_num(peak['theoretical'])} GFLOP/s = "
+        f"{peak['theoretical_assumptions']}",
+    ]
+    omp = "on" if cfg.get("openmp") else "OFF (serial build)"
+    blas = "; ".join(cfg.get("blas") or []) or "not found"
+    lines.append(f"cnncore: OpenMP {omp}, BLAS {blas}")
+    lines.append(f"  compiler: {cfg.get('compiler')} {' '.join(cfg.get('compile_flags') or [])}")
+    tinfo = res.get("torch")
+    if tinfo:
+        lines.append(f"torch: {tinfo['version']}, {tinfo['threads']} thread(s), "
+                     f"mkldnn {'on' if tinfo.get('mkldnn') else 'off'}; backward = "
+                     f"{tinfo['backward']}")
+    else:
+        lines.append(f"torch: {res.get('torch_status', 'not used')}")
+    lines += [
+        "columns: times in ms (median; min..max is cnncore's); /torch = cnncore time / torch "
+        "time (< 1: cnncore is faster); xnumpy = numpy reference time / cnncore time (> 1: "
+        "cnncore is faster);",
+        f"  GFLOP/s (GB/s for pools: bytes read + written) and % of the measured (%gemm) "
+        f"and theoretical (%theo) {p} peak are cnncore's;",
+        f"  '! N% busy': other processes used N% of the CPUs while the row ran "
+        f"(> {100 * BUSY:.0f}%: unreliable); faults: minor page faults per LeNet step "
+        "(first touches of freshly allocated memory)",
+    ]
+    return lines
+
+
+def summary_lines(res):
+    """The closing summary: totals, worst speed-up over NumPy, LeNet, scaling, problems."""
+    sm = res["summary"]
+    lines = ["summary:"]
+    conv = sm.get("conv")
+    if conv:
+        line = f"  conv fwd+bwd total over {conv['rows'] // 2} shapes: cnncore " \
+               f"{fmt_ms(conv['cnncore'])} ms"
+        if conv.get("torch") is not None:
+            line += (f", torch {fmt_ms(conv['torch'])} ms (ratio {fmt_ratio(conv['ratio_torch'])}"
+                     f"; < 1: cnncore faster)")
+        if conv.get("reference") is not None:
+            line += f", numpy {fmt_ms(conv['reference'])} ms"
+        lines.append(line)
+        if conv.get("min_speedup_reference") is not None:
+            lines.append(f"  min speed-up over NumPy across conv rows: "
+                         f"{fmt_ratio(conv['min_speedup_reference'])}x "
+                         f"({conv['min_speedup_row']})")
+    for le in sm.get("lenet", []):
+        line = f"  LeNet-5 batch {le['batch']}: cnncore {fmt_num(le['cnncore'], 0)} images/s"
+        if le.get("torch"):
+            line += (f", torch {fmt_num(le['torch'], 0)} images/s: cnncore/torch images/s = "
+                     f"{fmt_ratio(le['ratio'])} (> 1: cnncore faster)")
+        if le.get("layers"):
+            line += f"; cnncore.layers {fmt_num(le['layers'], 0)} images/s"
+        lines.append(line)
+    sc = res.get("scaling")
+    if sc:
+        lines.append(f"  thread scaling, cnncore conv fwd+bwd summed over {sc['shapes']} "
+                     f"shapes: {fmt_ms(sc['time_1'])} ms at 1 thread, {fmt_ms(sc['time_n'])} "
+                     f"ms at {sc['threads']}: speed-up {fmt_ratio(sc['speedup'])}x "
+                     f"({fmt_num(100 * sc['efficiency'])}% parallel efficiency)")
+    if res.get("other_cpu") is not None:
+        lines.append(f"  other processes used {100 * res['other_cpu']:.0f}% of the CPUs during "
+                     f"the run (load average {fmt_num(res['machine'].get('load_average'), 2)} "
+                     f"at start, {fmt_num(res['machine'].get('load_average_end'), 2)} at end)")
+    for w in res.get("warnings", []):
+        lines.append(f"  WARNING: {w}")
+    lines.append(f"  wall time {res['wall_time_s']:.1f} s")
+    return lines
