@@ -16,7 +16,9 @@ from cnncore.layers import AdaptiveAvgPool2d, Conv2d, ReLU
 from cnncore.losses import SoftmaxCrossEntropy
 from cnncore.optim import Adam
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# Where the cnncore under test was imported from (the installed package, or src/ when the
+# tests run on an in-place build): a subprocess must import that same one.
+CNNCORE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnncore.__file__)))
 
 
 # ---------------------------------------------------------------------- published counts
@@ -311,7 +313,8 @@ def test_save_load_round_trip_in_a_fresh_process(tmp_path):
             "import cnncore.interop, cnncore.viz\n"
             "assert 'torch' not in sys.modules  # torch is never a dependency\n"
             "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ,
+               PYTHONPATH=CNNCORE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr

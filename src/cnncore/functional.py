@@ -21,7 +21,9 @@ Conventions
 """
 
 import contextlib
+import math
 import os
+import threading
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -178,9 +180,29 @@ def _conv_inputs(where, x, weight, stride, padding, dilation, groups, bias=None,
     return x, weight, bias, grad_out, geo
 
 
+# Scratch buffers (im2col columns, per-chunk weight gradients) are kept between calls, one
+# set per Python thread: a training step would otherwise map and fault in fresh pages for
+# them on every call. Buffers larger than this are allocated per call and not kept.
+_MAX_CACHED_SCRATCH_BYTES = 64 << 20
+_scratch = threading.local()
+
+
+def _scratch_array(name, shape, dtype):
+    """A C-contiguous scratch array of ``shape``; its contents are undefined."""
+    need = max(1, math.prod(shape))  # at least one element, so a pointer to it exists
+    dtype = np.dtype(dtype)
+    if need * dtype.itemsize > _MAX_CACHED_SCRATCH_BYTES:
+        return np.empty(need, dtype=dtype)[:math.prod(shape)].reshape(shape)
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    buf = cache.get((name, dtype))
+    if buf is None or buf.size < need:
+        buf = cache[(name, dtype)] = np.empty(need, dtype=dtype)
+    return buf[:math.prod(shape)].reshape(shape)
+
+
 def _work(n_threads, size, dtype):
     """One im2col buffer per thread (at least one element, so a pointer to it exists)."""
-    return np.empty((n_threads, max(size, 1)), dtype=dtype)
+    return _scratch_array("im2col", (n_threads, max(size, 1)), dtype)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
@@ -264,7 +286,9 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
                               *geo.kernel_args()[:-1], n_threads)
         return grad_x, grad_weight, grad_bias
-    dw_part = np.empty((n_chunks, c_out, k_g), dtype=x.dtype)
+    # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
+    dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
+               _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
     work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
     with _one_blas_thread():
         _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
