@@ -370,6 +370,34 @@ class Layer:
                             f"first, e.g. x.astype(np.float32) / 255 for uint8 images")
 
 
+class WeightedLayer(Layer):
+    """A layer with a ``weight`` and an optional ``bias`` made by named initialisers
+    (the shared part of the convolution and linear layers)."""
+
+    def _init_weight_bias(self, weight_shape, bias, weight_init, bias_init, rng):
+        from .init import get_initializer
+        where = type(self).__name__
+        get_initializer(weight_init, where)  # unknown names fail here, before any work
+        get_initializer(bias_init, where)
+        self.weight_init, self.bias_init = weight_init, bias_init
+        self.add_parameter("weight", np.zeros(weight_shape, dtype=self._dtype))
+        self.bias = None
+        if bias:
+            self.add_parameter("bias", np.zeros(weight_shape[0], dtype=self._dtype))
+        self._x = None
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None):
+        """Draw new weights (and bias) from the layer's initialisers."""
+        from .init import get_initializer
+        rng = as_generator(rng)
+        self.weight.data[...] = get_initializer(self.weight_init)(self.weight.shape, rng,
+                                                                  self._dtype)
+        if self.bias is not None:
+            self.bias.data[...] = get_initializer(self.bias_init)(self.bias.shape, rng,
+                                                                  self._dtype)
+
+
 def as_generator(rng):
     """``None`` -> a fresh unseeded Generator, int -> seeded Generator, Generator -> itself."""
     if isinstance(rng, np.random.Generator):

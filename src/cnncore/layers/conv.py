@@ -4,8 +4,7 @@ import numpy as np
 
 from .._args import conv_padding, out_size, pair
 from .. import functional as F
-from .base import Layer, as_generator, check_float_dtype, shape_str
-from .init import get_initializer
+from .base import WeightedLayer, check_float_dtype, shape_str
 
 __all__ = ["Conv2d", "Conv1d"]
 
@@ -22,13 +21,14 @@ def _one(value, name, where, minimum):
     return int(value)
 
 
-class _ConvNd(Layer):
+class _ConvNd(WeightedLayer):
     """Shared parts of Conv1d / Conv2d: parameters, initialisation, config, checks."""
 
     _nd = 2
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                 bias, weight_init, bias_init, dtype, rng):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, weight_init="he_uniform", bias_init="zeros",
+                 dtype=np.float32, rng=None):
         super().__init__()
         where = type(self).__name__
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
@@ -55,22 +55,8 @@ class _ConvNd(Layer):
                 self._pad = (_one(padding, "padding", where, 0),)
         self.padding = padding if isinstance(padding, str) else self._pad
         self._dtype = check_float_dtype(dtype, where)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        get_initializer(weight_init, where)
-        get_initializer(bias_init, where)
         wshape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
-        self.add_parameter("weight", np.zeros(wshape, dtype=self._dtype))
-        self.bias = None
-        if bias:
-            self.add_parameter("bias", np.zeros(self.out_channels, self._dtype))
-        self._x = None
-        self.reset_parameters(rng)
-
-    def reset_parameters(self, rng=None):
-        rng = as_generator(rng)
-        self.weight.data[...] = get_initializer(self.weight_init)(self.weight.shape, rng, self._dtype)
-        if self.bias is not None:
-            self.bias.data[...] = get_initializer(self.bias_init)(self.bias.shape, rng, self._dtype)
+        self._init_weight_bias(wshape, bias, weight_init, bias_init, rng)
 
     def get_config(self):
         pad = self.padding if isinstance(self.padding, str) else list(self.padding)
@@ -148,12 +134,6 @@ class Conv2d(_ConvNd):
 
     _nd = 2
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, weight_init="he_uniform", bias_init="zeros",
-                 dtype=np.float32, rng=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, weight_init, bias_init, dtype, rng)
-
     def forward(self, x):
         self._check_dtype(x)
         self._check_input(x.shape)
@@ -178,12 +158,6 @@ class Conv1d(_ConvNd):
     :class:`Conv2d` with ints (or 1-tuples) instead of pairs."""
 
     _nd = 1
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, weight_init="he_uniform", bias_init="zeros",
-                 dtype=np.float32, rng=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, weight_init, bias_init, dtype, rng)
 
     def forward(self, x):
         self._check_dtype(x)

@@ -4,13 +4,12 @@
 import numpy as np
 
 from .. import functional as F
-from .base import Layer, as_generator, check_float_dtype, shape_str
-from .init import get_initializer
+from .base import Layer, WeightedLayer, check_float_dtype, shape_str
 
 __all__ = ["Linear", "Dense", "Flatten", "Identity"]
 
 
-class Linear(Layer):
+class Linear(WeightedLayer):
     """``y = x @ weight.T + bias`` for inputs ``(N, in_features)``.
 
     Parameters
@@ -37,21 +36,8 @@ class Linear(Layer):
                 raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._dtype = check_float_dtype(dtype, where)
-        get_initializer(weight_init, where)
-        get_initializer(bias_init, where)
-        self.weight_init, self.bias_init = weight_init, bias_init
-        self.add_parameter("weight", np.zeros((self.out_features, self.in_features), self._dtype))
-        self.bias = None
-        if bias:
-            self.add_parameter("bias", np.zeros(self.out_features, self._dtype))
-        self._x = None
-        self.reset_parameters(rng)
-
-    def reset_parameters(self, rng=None):
-        rng = as_generator(rng)
-        self.weight.data[...] = get_initializer(self.weight_init)(self.weight.shape, rng, self._dtype)
-        if self.bias is not None:
-            self.bias.data[...] = get_initializer(self.bias_init)(self.bias.shape, rng, self._dtype)
+        self._init_weight_bias((self.out_features, self.in_features), bias, weight_init,
+                               bias_init, rng)
 
     def _check(self, shape, batch=True):
         ndim = 2 if batch else 1
