@@ -9,7 +9,7 @@ Compiler flags are portable (``-O3``, never ``-march=native``), so a wheel runs 
 of its platform. OpenMP, as in scikit-learn: ``-fopenmp`` for gcc and clang (checked by
 compiling and running a test program), ``/openmp`` for MSVC; Apple clang gets it from the
 environment (``CPPFLAGS="-Xpreprocessor -fopenmp"``, ``LDFLAGS="... -lomp"``: see the
-cibuildwheel settings in pyproject.toml and docs/install.md).
+cibuildwheel settings in pyproject.toml and "Installing cnncore" in README.md).
 """
 import os
 import shlex
