@@ -65,3 +65,32 @@ def out_size(size, kernel, stride, padding, dilation, *, where="conv2d", axis="H
         raise ValueError(f"{where}: kernel extent {span} (kernel {kernel}, dilation {dilation}) is "
                          f"larger than the padded input {axis}={size}+2*{padding}")
     return (size + 2 * padding - span) // stride + 1
+
+
+def conv1d_as_2d(stride, padding, dilation, *, where="conv1d"):
+    """Map conv1d hyper-parameters (ints or 1-tuples; padding also a mode) onto the 2-D
+    kernels, which see a height-1 image and a 1 x k kernel: returns the 2-D
+    ``(stride, padding, dilation)``."""
+    def scalar(v, name, minimum):
+        if isinstance(v, (tuple, list)):
+            if len(v) != 1:
+                raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {v!r}")
+            v = v[0]
+        if isinstance(v, str) and name == "padding":
+            return v
+        return pair(v, name, minimum=minimum, where=where)[0]
+    padding = scalar(padding, "padding", 0)
+    return ((1, scalar(stride, "stride", 1)),
+            padding if isinstance(padding, str) else (0, padding),
+            (1, scalar(dilation, "dilation", 1)))
+
+
+def pool_geometry(height, width, kernel_size, stride, padding, *, where="pool"):
+    """``(kernel, stride, padding, out)`` pairs of a pooling window; ``stride=None`` means
+    stride = kernel_size."""
+    k = pair(kernel_size, "kernel_size", minimum=1, where=where)
+    s = k if stride is None else pair(stride, "stride", minimum=1, where=where)
+    p = pair(padding, "padding", minimum=0, where=where)
+    o = (out_size(height, k[0], s[0], p[0], 1, where=where, axis="H"),
+         out_size(width, k[1], s[1], p[1], 1, where=where, axis="W"))
+    return k, s, p, o

@@ -29,7 +29,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ._api import KERNELS, NORM_KERNELS
-from ._args import conv_padding, out_size, pair
+from ._args import conv1d_as_2d, conv_padding, out_size, pair, pool_geometry
 from ._checks import check_blas_size, check_int, check_ndim, check_shape, float_arrays
 from ._config import resolve_threads
 from ._kernels import activations as _act
@@ -301,29 +301,11 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     return grad_x, grad_weight.reshape(weight.shape), grad_bias
 
 
-def _conv1d_args(where, stride, padding, dilation):
-    """Map 1-D hyper-parameters onto the 2-D kernels (a height-1 image, a 1 x k kernel)."""
-    def scalar(v, name):
-        if isinstance(v, (tuple, list)):
-            if len(v) != 1:
-                raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {v!r}")
-            return v[0]
-        return v
-    padding = scalar(padding, "padding")
-    stride, dilation = scalar(stride, "stride"), scalar(dilation, "dilation")
-    for name, v in (("stride", stride), ("dilation", dilation)):
-        check_int(where, name, v, 1)
-    if not isinstance(padding, str):
-        check_int(where, "padding", padding, 0)
-        padding = (0, padding)
-    return (1, stride), padding, (1, dilation)
-
-
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
     """1-D convolution of sequences ``(N, C_in, L)`` with weights ``(C_out, C_in // groups, k)``,
     computed by the 2-D kernels on a height-1 image. Returns ``(N, C_out, L_out)``."""
     where = "conv1d"
-    s, p, d = _conv1d_args(where, stride, padding, dilation)
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
     y = _conv_forward(where, x, weight, bias, s, p, d, groups, n_threads, one_d=True)
     return y[:, :, 0, :]
 
@@ -332,7 +314,7 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
                     n_threads=None):
     """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``."""
     where = "conv1d_backward"
-    s, p, d = _conv1d_args(where, stride, padding, dilation)
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
     gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
                                 one_d=True)
     return gx[:, :, 0, :], gw[:, :, 0, :], gb
@@ -343,16 +325,13 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 def _pool_inputs(where, x, kernel_size, stride, padding, grad_out=None):
     x, grad_out = float_arrays(where, x=x, grad_out=grad_out)
     check_ndim(where, "x", x, 4, "(N, C, H, W)")
-    k = pair(kernel_size, "kernel_size", minimum=1, where=where)
-    s = k if stride is None else pair(stride, "stride", minimum=1, where=where)
-    p = pair(padding, "padding", minimum=0, where=where)
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"{where}: padding {p} must be at most half the kernel size {k}")
     if min(x.shape[1:]) < 1:
         raise ValueError(f"{where}: x must have no empty channel or spatial dimension, "
                          f"got {x.shape}")
-    o = (out_size(x.shape[2], k[0], s[0], p[0], 1, where=where, axis="H"),
-         out_size(x.shape[3], k[1], s[1], p[1], 1, where=where, axis="W"))
+    k, s, p, o = pool_geometry(x.shape[2], x.shape[3], kernel_size, stride, padding,
+                               where=where)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{where}: padding {p} must be at most half the kernel size {k}")
     if grad_out is not None:
         check_shape(where, "grad_out", grad_out, (*x.shape[:2], *o))
     return x, grad_out, (*k, *s, *p), o

@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import expit
 
 from ._api import KERNELS, NORM_KERNELS
-from ._args import conv_padding, out_size, pair
+from ._args import conv1d_as_2d, conv_padding, out_size, pair, pool_geometry
 from ._norm_reference import (  # noqa: F401  (re-exported)
     batch_norm, batch_norm_backward, dropout, dropout_backward, local_response_norm,
     local_response_norm_backward)
@@ -84,21 +84,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             grad_bias.astype(x.dtype))
 
 
-def _as_2d_conv_args(stride, padding, dilation, where):
-    def one(v, name):
-        if isinstance(v, (tuple, list)):
-            if len(v) != 1:
-                raise TypeError(f"{where}: {name} must be an int or a 1-tuple, got {v!r}")
-            v = v[0]
-        return v
-    padding = one(padding, "padding")
-    pad2 = padding if isinstance(padding, str) else (0, padding)
-    return (1, one(stride, "stride")), pad2, (1, one(dilation, "dilation"))
-
-
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
     """1-D cross-correlation on ``(N, C, L)`` with weights ``(C_out, C_in // groups, k)``."""
-    s, p, d = _as_2d_conv_args(stride, padding, dilation, "conv1d")
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where="conv1d")
     y = conv2d(x[:, :, None, :], weight[:, :, None, :], bias, s, p, d, groups)
     return y[:, :, 0, :]
 
@@ -106,7 +94,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
 def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
                     n_threads=None):
     """Gradients of :func:`conv1d`: returns ``(grad_x, grad_weight, grad_bias)``."""
-    s, p, d = _as_2d_conv_args(stride, padding, dilation, "conv1d_backward")
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where="conv1d_backward")
     gx, gw, gb = conv2d_backward(grad_out[:, :, None, :], x[:, :, None, :],
                                  weight[:, :, None, :], s, p, d, groups)
     return gx[:, :, 0, :], gw[:, :, 0, :], gb
@@ -115,12 +103,7 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 # ----------------------------------------------------------------------------- pooling
 
 def _pool_geometry(x, kernel_size, stride, padding, where):
-    k = pair(kernel_size, "kernel_size", minimum=1, where=where)
-    s = k if stride is None else pair(stride, "stride", minimum=1, where=where)
-    p = pair(padding, "padding", minimum=0, where=where)
-    o = (out_size(x.shape[2], k[0], s[0], p[0], 1, where=where, axis="H"),
-         out_size(x.shape[3], k[1], s[1], p[1], 1, where=where, axis="W"))
-    return k, s, p, o
+    return pool_geometry(x.shape[2], x.shape[3], kernel_size, stride, padding, where=where)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
