@@ -26,7 +26,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
-KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "pool", "activations", "dense"]
+KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "winograd", "pool", "activations",
+           "dense"]
 OPT_FLAGS = ["-O3"]
 
 

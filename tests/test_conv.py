@@ -398,6 +398,91 @@ def test_conv1d_is_numpy_correlate(dtype, rng):
         assert_close(y[0, 0], expected, dtype, mode)
 
 
+# ----------------------------------------------------------------------------- Winograd path
+
+# 3x3 stride-1 convolutions run through Winograd F(2x2, 3x3) (_kernels/winograd.pyx) once
+# both channel counts reach F._WINOGRAD_MIN_CHANNELS; these tests lower that threshold so
+# that small, odd shapes take the path too.
+WINOGRAD_CONV2D = {
+    "1x1-image": _cfg(2, 3, 4, 1, 1, 3, padding=1),
+    "odd-output": _cfg(3, 2, 3, 5, 7, 3, padding=1),  # partial last tile row and column
+    "valid": _cfg(2, 3, 2, 6, 5, 3),
+    "kernel-equals-input": _cfg(2, 2, 3, 3, 3, 3),
+    "padding-2": _cfg(1, 2, 2, 4, 3, 3, padding=2),
+    "rectangular-padding": _cfg(2, 3, 2, 6, 9, 3, padding=(0, 2)),
+    "batch-13-no-bias": _cfg(13, 4, 5, 4, 6, 3, padding=1, bias=False),  # short last block
+    "wide": _cfg(3, 24, 20, 10, 12, 3, padding=1),
+}
+WINOGRAD_PARAMS = [pytest.param(c, id=n) for n, c in WINOGRAD_CONV2D.items()]
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """Lower the channel threshold and count the calls that take the Winograd path."""
+    calls = []
+    original = F._winograd_conv
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(F, "_winograd_conv", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", WINOGRAD_PARAMS)
+def test_winograd_conv2d_matches_reference(cfg, dtype, rng, winograd_calls):
+    x, w, b = make_conv2d_inputs(cfg, dtype, rng)
+    y = F.conv2d(x, w, b, **hyper(cfg))
+    assert winograd_calls == [w.shape]
+    assert_close(y, R.conv2d(*as_float64(x, w, b), **hyper(cfg)), dtype, "conv2d")
+
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **hyper(cfg))
+    assert len(winograd_calls) == 2  # the input gradient is a Winograd convolution too
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg))
+    assert_close(gx, ex, dtype, "grad_x")
+    assert_close(gw, ew, dtype, "grad_weight")
+    assert_close(gb, eb, dtype, "grad_bias")
+
+
+@pytest.mark.parametrize("name", ["odd-output", "padding-2", "batch-13-no-bias"])
+def test_winograd_conv2d_gradcheck(name, rng, winograd_calls):
+    cfg = WINOGRAD_CONV2D[name]
+    x, w, b = make_conv2d_inputs(dict(cfg, bias=True), np.float64, rng)
+    kw = hyper(cfg)
+    g = rng.standard_normal(expected_conv2d_shape(cfg))
+    gx, gw, _ = F.conv2d_backward(g, x, w, **kw)
+
+    def fn(x_, w_):
+        return F.conv2d(x_, w_, b, **kw)
+
+    check_gradient(fn, (x, w), 0, gx, g, name="grad_x")
+    check_gradient(fn, (x, w), 1, gw, g, name="grad_weight")
+    assert winograd_calls
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    (_cfg(2, 8, 8, 6, 6, 3, padding=1), True),
+    (_cfg(2, 8, 7, 6, 6, 3, padding=1), False),     # too few output channels
+    (_cfg(2, 8, 8, 6, 6, 3, stride=2), False),
+    (_cfg(2, 8, 8, 6, 6, 3, dilation=2), False),
+    (_cfg(2, 8, 8, 6, 6, 3, groups=2), False),
+    (_cfg(2, 8, 8, 6, 6, (3, 5)), False),
+    (_cfg(2, 8, 8, 6, 6, 3, padding=3), False),      # dx would need negative padding
+])
+def test_winograd_is_chosen_only_where_it_applies(cfg, expected, rng, monkeypatch):
+    calls = []
+    original = F._winograd_conv
+    monkeypatch.setattr(F, "_winograd_conv", lambda *a: calls.append(1) or original(*a))
+    x, w, b = make_conv2d_inputs(cfg, np.float32, rng)
+    y = F.conv2d(x, w, b, **hyper(cfg))
+    assert bool(calls) == expected
+    assert_close(y, R.conv2d(*as_float64(x, w, b), **hyper(cfg)), np.float32, "conv2d")
+
+
 # ----------------------------------------------------------------------------- gradient checks
 
 GRADCHECK_CONV2D = {

@@ -123,6 +123,26 @@ def _(g, d):
     return lambda t: F.conv2d_backward(gy, x, w, padding="same", n_threads=t)
 
 
+def _winograd_args(g, dtype):
+    # 3x3, stride 1, >= 8 channels: the Winograd path; odd sizes, several sample blocks
+    x = g.standard_normal((13, 8, 9, 16)).astype(dtype)
+    w = g.standard_normal((8, 8, 3, 3)).astype(dtype)
+    gy = g.standard_normal((13, 8, 9, 16)).astype(dtype)
+    return x, w, gy
+
+
+@kernel("conv2d-winograd")
+def _(g, d):
+    x, w, _ = _winograd_args(g, d)
+    return lambda t: F.conv2d(x, w, padding=1, n_threads=t)
+
+
+@kernel("conv2d_backward-winograd")
+def _(g, d):
+    x, w, gy = _winograd_args(g, d)
+    return lambda t: F.conv2d_backward(gy, x, w, padding=1, n_threads=t)
+
+
 @kernel("conv2d-depthwise")
 def _(g, d):
     x, w, _, kw = _depthwise_args(g, d)
