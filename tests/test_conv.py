@@ -401,8 +401,8 @@ def test_conv1d_is_numpy_correlate(dtype, rng):
 # ----------------------------------------------------------------------------- Winograd path
 
 # 3x3 stride-1 convolutions run through Winograd F(2x2, 3x3) (_kernels/winograd.pyx) once
-# both channel counts reach F._WINOGRAD_MIN_CHANNELS; these tests lower that threshold so
-# that small, odd shapes take the path too.
+# both channel counts reach F._WINOGRAD_MIN_CHANNELS (_BACKWARD for the gradients); these
+# tests lower the thresholds so that small, odd shapes take the path too.
 WINOGRAD_CONV2D = {
     "1x1-image": _cfg(2, 3, 4, 1, 1, 3, padding=1),
     "odd-output": _cfg(3, 2, 3, 5, 7, 3, padding=1),  # partial last tile row and column
@@ -427,6 +427,7 @@ def winograd_calls(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
     monkeypatch.setattr(F, "_winograd_conv", spy)
     return calls
 
@@ -464,23 +465,30 @@ def test_winograd_conv2d_gradcheck(name, rng, winograd_calls):
     assert winograd_calls
 
 
-@pytest.mark.parametrize("cfg,expected", [
-    (_cfg(2, 8, 8, 6, 6, 3, padding=1), True),
-    (_cfg(2, 8, 7, 6, 6, 3, padding=1), False),     # too few output channels
-    (_cfg(2, 8, 8, 6, 6, 3, stride=2), False),
-    (_cfg(2, 8, 8, 6, 6, 3, dilation=2), False),
-    (_cfg(2, 8, 8, 6, 6, 3, groups=2), False),
-    (_cfg(2, 8, 8, 6, 6, (3, 5)), False),
-    (_cfg(2, 8, 8, 6, 6, 3, padding=3), False),      # dx would need negative padding
+@pytest.mark.parametrize("cfg,forward,backward", [
+    (_cfg(2, 16, 16, 6, 6, 3, padding=1), True, False),
+    (_cfg(2, 32, 32, 6, 6, 3, padding=1), True, True),
+    (_cfg(2, 32, 31, 6, 6, 3, padding=1), True, False),     # too few output channels
+    (_cfg(2, 15, 32, 6, 6, 3, padding=1), False, False),    # too few input channels
+    (_cfg(2, 32, 32, 6, 6, 3, stride=2), False, False),
+    (_cfg(2, 32, 32, 6, 6, 3, dilation=2), False, False),
+    (_cfg(2, 32, 32, 6, 6, 3, groups=2), False, False),
+    (_cfg(2, 32, 32, 6, 6, (3, 5)), False, False),
+    (_cfg(2, 32, 32, 6, 6, 3, padding=3), False, False),    # dx would need padding -1
 ])
-def test_winograd_is_chosen_only_where_it_applies(cfg, expected, rng, monkeypatch):
+def test_winograd_is_chosen_only_where_it_applies(cfg, forward, backward, rng, monkeypatch):
     calls = []
     original = F._winograd_conv
     monkeypatch.setattr(F, "_winograd_conv", lambda *a: calls.append(1) or original(*a))
     x, w, b = make_conv2d_inputs(cfg, np.float32, rng)
     y = F.conv2d(x, w, b, **hyper(cfg))
-    assert bool(calls) == expected
+    assert len(calls) == forward
     assert_close(y, R.conv2d(*as_float64(x, w, b), **hyper(cfg)), np.float32, "conv2d")
+    gx, gw, _ = F.conv2d_backward(y, x, w, **hyper(cfg))
+    assert len(calls) == forward + backward
+    ex, ew, _ = R.conv2d_backward(*as_float64(y, x, w), **hyper(cfg))
+    assert_close(gx, ex, np.float32, "grad_x")
+    assert_close(gw, ew, np.float32, "grad_weight")
 
 
 # ----------------------------------------------------------------------------- gradient checks

@@ -124,10 +124,10 @@ def _(g, d):
 
 
 def _winograd_args(g, dtype):
-    # 3x3, stride 1, >= 8 channels: the Winograd path; odd sizes, several sample blocks
-    x = g.standard_normal((13, 8, 9, 16)).astype(dtype)
-    w = g.standard_normal((8, 8, 3, 3)).astype(dtype)
-    gy = g.standard_normal((13, 8, 9, 16)).astype(dtype)
+    # 3x3, stride 1, >= 32 channels: the Winograd path; odd sizes, several sample blocks
+    x = g.standard_normal((13, 32, 17, 22)).astype(dtype)
+    w = g.standard_normal((32, 32, 3, 3)).astype(dtype)
+    gy = g.standard_normal((13, 32, 17, 22)).astype(dtype)
     return x, w, gy
 
 

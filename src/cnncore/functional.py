@@ -54,10 +54,14 @@ _MIN_BYTES_PER_THREAD = 1 << 18   # memory-bound kernels (pooling, activations, 
 _MAX_DW_CHUNKS = 16
 _DW_CHUNK_BYTES = 64 << 20
 # Winograd F(2x2, 3x3) pays off once both channel counts give its 16 GEMMs something to
-# reduce over (measured: 16 -> 32 channels at 16x16 is 1.6x faster than im2col, 3 -> 32 is
-# 1.4x slower). Blocks of samples hold at least this many 2x2 tiles per GEMM.
-_WINOGRAD_MIN_CHANNELS = 8
+# reduce over. Measured side by side with im2col + GEMM at 1 thread (batch 64, 3x3 pad 1):
+# forward 16 -> 32 channels at 16x16 1.26x faster, 8 -> 8 at 28x28 1.05x slower; backward
+# 32 -> 64 at 32x32 1.25x faster, 16 -> 32 1.2x slower (its transforms dominate).
+# Each GEMM covers at least _WINOGRAD_MIN_TILES 2x2 tiles (several samples if small).
+_WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_MIN_CHANNELS_BACKWARD = 32
 _WINOGRAD_MIN_TILES = 64
+_WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tiles
 
 def _threads(n_threads, where, tasks, flops=0, nbytes=0):
     """Threads for one call: the requested count, capped by the number of independent
@@ -234,20 +238,26 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
                          n_threads)
 
 
-def _use_winograd(geo, c_in, c_out, kh, kw):
+def _use_winograd(geo, c_in, c_out, kh, kw, min_channels):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
     padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p)."""
     return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and geo.groups == 1 and max(geo.padding) <= 2
-            and min(c_in, c_out) >= _WINOGRAD_MIN_CHANNELS)
+            and min(c_in, c_out) >= min_channels)
+
+
+def _winograd_block(n, out_hw, min_tiles):
+    """Samples per Winograd GEMM: enough for ``min_tiles`` tiles. It depends on shapes
+    only, so results do not depend on the thread count."""
+    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    return min(n, -(-min_tiles // tiles))
 
 
 def _winograd_conv(x, weight, bias, out_hw, padding, n_threads):
     """3x3 stride-1 convolution by Winograd F(2x2, 3x3) (see _kernels/winograd.pyx)."""
     n, c = x.shape[:2]
     c_out = weight.shape[0]
-    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
-    nb = min(n, -(-_WINOGRAD_MIN_TILES // tiles))  # samples per block: from shapes only
+    nb = _winograd_block(n, out_hw, _WINOGRAD_MIN_TILES)
     n_threads = min(n_threads, -(-n // nb))
     u = _scratch_array("winograd_u", (16, c_out, c), x.dtype)
     _winograd.transform_weights(weight, u, n_threads)
@@ -260,6 +270,35 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads):
     return y
 
 
+def _winograd_backward(grad_out, x, weight, padding, n_threads):
+    """Input and weight gradients of a convolution that :func:`_use_winograd` accepts."""
+    n, c = x.shape[:2]
+    c_out = weight.shape[0]
+    out_hw = grad_out.shape[2:]
+    nb = _winograd_block(n, out_hw, _WINOGRAD_MIN_TILES_DW)
+    # Fixed batch chunks of the transformed weight gradient, as in _conv_backward.
+    n_chunks = max(1, min(-(-n // nb), _MAX_DW_CHUNKS,
+                          _DW_CHUNK_BYTES // (16 * c_out * c * x.itemsize)))
+    threads = min(n_threads, n_chunks)
+    du_part = _scratch_array("winograd_du", (n_chunks, 16, c_out, c), x.dtype)
+    work = _scratch_array(
+        "winograd", (threads, _winograd.backward_work_size(c, c_out, *out_hw, nb)), x.dtype)
+    with _one_blas_thread():
+        _winograd.weight_grad(x, grad_out, du_part, work, *padding, nb, threads)
+    du = du_part[0]
+    if n_chunks > 1:
+        du = np.empty((16, c_out, c), dtype=x.dtype)
+        _conv.sum_chunks(du_part.reshape(n_chunks, -1), du.reshape(-1), n_threads)
+    grad_weight = np.empty_like(weight)
+    _winograd.untransform_weight_grad(du, grad_weight, n_threads)
+    # dx = full correlation of dy with the flipped kernel, channels swapped: a 3x3
+    # stride-1 convolution with padding 2 - p, whose output has the size of x.
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    grad_x = _winograd_conv(grad_out, flipped, None, x.shape[2:],
+                            (2 - padding[0], 2 - padding[1]), n_threads)
+    return grad_x, grad_weight
+
+
 def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
                   one_d=False):
     x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
@@ -269,7 +308,7 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     direct = cg == 1 and groups > 1  # depthwise-like: one input channel per group, no real GEMM
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
     n_threads = _threads(n_threads, where, n * c_out if direct else n, flops)
-    if n and _use_winograd(geo, c, c_out, kh, kw):
+    if n and _use_winograd(geo, c, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS):
         return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads)
     y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
     if n == 0:
@@ -320,20 +359,15 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
                               *geo.kernel_args()[:-1], n_threads)
         return grad_x, grad_weight, grad_bias
+    if _use_winograd(geo, c, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS_BACKWARD):
+        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads), grad_bias)
     # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
     dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
                _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
     work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
-    winograd = _use_winograd(geo, c, c_out, kh, kw)
     with _one_blas_thread():
         _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
-                              *geo.kernel_args(), not winograd, n_threads)
-    if winograd:
-        # dx = full correlation of dy with the flipped kernel, channels swapped:
-        # a 3x3 stride-1 convolution with padding 2 - p (output size H, W).
-        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        grad_x = _winograd_conv(grad_out, flipped, None, x.shape[2:],
-                                (2 - geo.padding[0], 2 - geo.padding[1]), n_threads)
+                              *geo.kernel_args(), True, n_threads)
     if n_chunks == 1:
         grad_weight = dw_part[0]
     else:
