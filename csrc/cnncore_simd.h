@@ -5,6 +5,7 @@
 #define CNNCORE_SIMD_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__SSE__) || defined(_M_X64) || defined(__x86_64__)
@@ -97,8 +98,25 @@
         }                                                                                 \
     }
 
+/* Max-pooling rows with the argmax: where x[i*stride] beats m[i], m[i] = x[i*stride] and
+ * a[i] = tap (the tap's offset in the plane). Strict > keeps the first of equal values; the
+ * first NaN wins and then stays (as numpy.argmax). */
+#define CNN_DEFINE_MAXROW_ARG(T, SUF)                                                      \
+    static inline void cnn_max_row_arg_##SUF(T *restrict m, int32_t *restrict a,         \
+                                               const T *restrict x, ptrdiff_t n,          \
+                                               ptrdiff_t stride, int32_t tap) {           \
+        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) {                                      \
+            T v = x[i * stride], mi = m[i];                                               \
+            int take = (v > mi) | ((v != v) & (mi == mi));                                \
+            m[i] = take ? v : mi;                                                         \
+            a[i] = take ? tap : a[i];                                                     \
+        }                                                                                 \
+    }
+
 CNN_DEFINE_MAXROW(float, f)
 CNN_DEFINE_MAXROW(double, d)
+CNN_DEFINE_MAXROW_ARG(float, f)
+CNN_DEFINE_MAXROW_ARG(double, d)
 CNN_DEFINE_AXPY(float, f)
 CNN_DEFINE_AXPY(double, d)
 CNN_DEFINE_RELU(float, f)

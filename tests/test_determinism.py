@@ -179,6 +179,25 @@ def _(g, d):
     return lambda t: F.max_pool2d_backward(gy, x, **kw, n_threads=t)
 
 
+@kernel("max_pool2d-indices")
+def _(g, d):
+    x, _, kw = _pool_args(g, d)
+    return lambda t: F.max_pool2d(x, **kw, return_indices=True, n_threads=t)
+
+
+@kernel("max_pool2d_backward-indices")
+def _(g, d):
+    x, gy, kw = _pool_args(g, d)
+    _, idx = F.max_pool2d(x, **kw, return_indices=True)
+    return lambda t: F.max_pool2d_backward(gy, x, **kw, indices=idx, n_threads=t)
+
+
+@kernel("max_pool2d-indices-ties")
+def _(g, d):
+    x = g.integers(-3, 4, size=(13, 5, 12, 11)).astype(d)  # repeated maxima
+    return lambda t: F.max_pool2d(x, 3, 2, 1, return_indices=True, n_threads=t)
+
+
 @kernel("avg_pool2d")
 def _(g, d):
     x, _, kw = _pool_args(g, d)

@@ -77,6 +77,39 @@ def test_pooling_gradients(rng, layer):
     gradcheck_layer(layer, rng.standard_normal((2, 3, 6, 6)), rng)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_keeps_indices_not_the_input(rng, dtype):
+    """Training mode: backward scatters through the indices saved by forward, so it neither
+    keeps x alive nor reads it again; eval mode keeps x and finds the argmaxes again."""
+    import gc
+    import weakref
+    from cnncore import functional as F
+    layer = MaxPool2d(3, stride=2, padding=1)
+    x = rng.integers(-2, 3, size=(2, 3, 7, 6)).astype(dtype)  # ties: first maximum wins
+    gy = rng.standard_normal((2, 3, 4, 3)).astype(dtype)
+    expected = F.max_pool2d_backward(gy, x, 3, 2, 1)
+    x_train = x.copy()
+    y = layer.forward(x_train)
+    np.testing.assert_array_equal(y, F.max_pool2d(x, 3, 2, 1))
+    alive = weakref.ref(x_train)
+    x_train[...] = 0  # a backward that read x now would see one big tie
+    del x_train
+    gc.collect()
+    assert alive() is None
+    gx = layer.backward(gy)
+    assert gx.dtype == dtype
+    np.testing.assert_array_equal(gx, expected)
+    np.testing.assert_array_equal(layer.backward(gy), expected)  # backward twice: same
+    layer.eval()
+    np.testing.assert_array_equal(layer.forward(x), y)
+    np.testing.assert_array_equal(layer.backward(gy), expected)
+    layer.train()
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.backward(gy), expected)
+    with pytest.raises(RuntimeError, match="backward\\(\\) called before forward"):
+        MaxPool2d(2).backward(np.zeros((1, 1, 2, 2), dtype))
+
+
 @pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(0.1), Sigmoid(), Tanh(), Softmax(),
                                    Flatten(), Identity()], ids=repr)
 def test_activation_gradients(rng, layer):

@@ -166,6 +166,219 @@ def test_max_pool2d_backward_overlapping_windows_sum():
     np.testing.assert_array_equal(gx[0, 0], expected)
 
 
+# ----------------------------------------------------------------------------- max pool, saved indices
+
+def window_data(kind, shape, dtype, g):
+    """Inputs for the argmax tests: distinct values, or many ties, -inf and NaN."""
+    if kind == "distinct":
+        return tie_free(shape, dtype, g)
+    x = g.integers(-2, 3, size=shape).astype(dtype)  # five values: most windows tie
+    if kind == "constant":
+        x[...] = 1.5
+    elif kind == "minus-inf":  # whole windows of -inf: the first real cell wins
+        x[g.random(shape) < 0.7] = -np.inf
+    elif kind == "nan":  # the first NaN of a window wins
+        x[g.random(shape) < 0.2] = np.nan
+    return x
+
+
+DATA_KINDS = ["distinct", "integers", "constant", "minus-inf", "nan"]
+
+
+def brute_argmax(x, cfg):
+    """Flat argmax index of every window, one window at a time (numpy.argmax over the real
+    cells in row-major order: the first maximum, or the first NaN)."""
+    (kh, kw), (ph, pw) = _two(cfg["k"]), _two(cfg["padding"])
+    sh, sw = (kh, kw) if cfg["stride"] is None else _two(cfg["stride"])
+    n, c, h, w = x.shape
+    out = np.empty(expected_pool_shape(cfg), dtype=np.int64)
+    for b, ch, oh, ow in np.ndindex(*out.shape):
+        cells = [(r, q) for r in range(oh * sh - ph, oh * sh - ph + kh)
+                 for q in range(ow * sw - pw, ow * sw - pw + kw) if 0 <= r < h and 0 <= q < w]
+        r, q = cells[int(np.argmax([x[b, ch, r, q] for r, q in cells]))]
+        out[b, ch, oh, ow] = r * w + q
+    return out
+
+
+def gather(x, indices):
+    """x[n, c].flat[indices[n, c]] for every plane."""
+    n, c = x.shape[:2]
+    return np.take_along_axis(x.reshape(n, c, -1), indices.reshape(n, c, -1),
+                              axis=2).reshape(indices.shape)
+
+
+def has_tied_window(x, indices, cfg):
+    """True if some window has its maximum more than once (so tie-breaking is tested)."""
+    (kh, kw), (ph, pw) = _two(cfg["k"]), _two(cfg["padding"])
+    sh, sw = (kh, kw) if cfg["stride"] is None else _two(cfg["stride"])
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=np.nan)
+    for b, ch, oh, ow in np.ndindex(*indices.shape):
+        win = xp[b, ch, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw]
+        m = gather(x, indices)[b, ch, oh, ow]
+        if np.sum(win == m) > 1:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("kind", DATA_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", POOL_PARAMS)
+def test_max_pool2d_indices_match_reference(cfg, dtype, kind, rng):
+    x = window_data(kind, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]), dtype, rng)
+    y, idx = F.max_pool2d(x, **hyper(cfg), return_indices=True)
+    assert idx.dtype == np.int64 and idx.shape == y.shape == expected_pool_shape(cfg)
+    y_ref, idx_ref = R.max_pool2d(x, **hyper(cfg), return_indices=True)
+    np.testing.assert_array_equal(idx, idx_ref)
+    # the values: as without indices, as the reference, and found at the indices
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, F.max_pool2d(x, **hyper(cfg)))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(y, gather(x, idx))
+
+
+@pytest.mark.parametrize("kind", DATA_KINDS)
+@pytest.mark.parametrize("cfg", [pytest.param(c, id=n) for n, c in EDGE_POOL.items()])
+def test_max_pool2d_indices_brute_force(cfg, kind, rng):
+    """Kernel and reference against a window-by-window numpy.argmax."""
+    x = window_data(kind, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]), np.float32, rng)
+    expected = brute_argmax(x, cfg)
+    np.testing.assert_array_equal(F.max_pool2d(x, **hyper(cfg), return_indices=True)[1],
+                                  expected)
+    np.testing.assert_array_equal(R.max_pool2d(x, **hyper(cfg), return_indices=True)[1],
+                                  expected)
+
+
+def test_tie_data_has_ties(rng):
+    """The tie cases above really contain windows with a repeated maximum."""
+    cfg = EDGE_POOL["k3-s2-overlapping"]
+    for kind in ("integers", "constant", "minus-inf"):
+        x = window_data(kind, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]), np.float64, rng)
+        assert has_tied_window(x, brute_argmax(x, cfg), cfg), kind
+    x = window_data("nan", (2, 2, 9, 8), np.float64, rng)
+    assert np.isnan(x).sum() > 1
+
+
+@pytest.mark.parametrize("kind", DATA_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", POOL_PARAMS)
+def test_max_pool2d_backward_indices(cfg, dtype, kind, rng):
+    x = window_data(kind, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]), dtype, rng)
+    gy = rng.standard_normal(expected_pool_shape(cfg)).astype(dtype)
+    _, idx = F.max_pool2d(x, **hyper(cfg), return_indices=True)
+    gx = F.max_pool2d_backward(gy, x, **hyper(cfg), indices=idx)
+    assert gx.dtype == dtype and gx.shape == x.shape
+    # the same bits as finding each argmax again from x
+    np.testing.assert_array_equal(gx, F.max_pool2d_backward(gy, x, **hyper(cfg)))
+    # the reference, with its own indices and without
+    gy64, x64 = as_float64(gy, x)
+    _, idx_ref = R.max_pool2d(x64, **hyper(cfg), return_indices=True)
+    expected = R.max_pool2d_backward(gy64, x64, **hyper(cfg), indices=idx_ref)
+    np.testing.assert_array_equal(expected, R.max_pool2d_backward(gy64, x64, **hyper(cfg)))
+    assert_close(gx, expected, dtype, "max_pool2d_backward(indices=...)")
+
+
+def test_max_pool2d_indices_match_torch(rng):
+    """PyTorch's convention: flat h*W + w in the input plane, the first maximum on ties."""
+    torch = pytest.importorskip("torch")
+    for name in ("k2-odd-input", "k3-s2-p1", "stride-list", "non-square", "k4-p2",
+                 "1x1-image-k3-p1"):
+        cfg = EDGE_POOL[name]
+        k, s, p = _two(cfg["k"]), cfg["stride"], _two(cfg["padding"])
+        s = k if s is None else _two(s)
+        for kind in ("distinct", "integers", "constant", "minus-inf"):
+            x = window_data(kind, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]), np.float64, rng)
+            _, expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p,
+                                                         return_indices=True)
+            _, idx = F.max_pool2d(x, **hyper(cfg), return_indices=True)
+            np.testing.assert_array_equal(idx, expected.numpy(), err_msg=f"{name}, {kind}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_backward_indices_overlapping_sum(dtype):
+    # the example of test_max_pool2d_backward_overlapping_windows_sum, through the indices
+    x = np.array([[0, 1, 0, 2, 0],
+                  [3, 9, 4, 0, 1],
+                  [0, 5, 0, 6, 0],
+                  [1, 0, 2, 0, 3],
+                  [0, 4, 0, 5, 0]], dtype=dtype).reshape(1, 1, 5, 5)
+    y, idx = F.max_pool2d(x, 3, stride=2, return_indices=True)
+    np.testing.assert_array_equal(idx[0, 0], [[1 * 5 + 1, 2 * 5 + 3], [2 * 5 + 1, 2 * 5 + 3]])
+    gy = np.array([[1, 10], [100, 1000]], dtype=dtype).reshape(1, 1, 2, 2)
+    gx = F.max_pool2d_backward(gy, x, 3, stride=2, indices=idx)
+    expected = np.zeros((5, 5), dtype=dtype)
+    expected[1, 1], expected[2, 3], expected[2, 1] = 1, 1010, 100
+    np.testing.assert_array_equal(gx[0, 0], expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_backward_indices_uses_only_shape_of_x(dtype, rng):
+    x = tie_free((2, 3, 7, 6), dtype, rng)
+    y, idx = F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    expected = F.max_pool2d_backward(gy, x, 3, 2, 1)
+    # a zero-stride stand-in (never copied), and x overwritten after the forward
+    like = np.broadcast_to(np.zeros((), dtype), x.shape)
+    np.testing.assert_array_equal(F.max_pool2d_backward(gy, like, 3, 2, 1, indices=idx),
+                                  expected)
+    np.testing.assert_array_equal(
+        F.max_pool2d_backward(gy, np.zeros_like(x), 3, 2, 1, indices=idx), expected)
+    np.testing.assert_array_equal(
+        R.max_pool2d_backward(gy, np.zeros_like(x), 3, 2, 1, indices=idx), expected)
+    # other integer dtypes of the indices are cast
+    np.testing.assert_array_equal(
+        F.max_pool2d_backward(gy, x, 3, 2, 1, indices=idx.astype(np.uint16)), expected)
+    # the dtype rules still apply to x
+    other = np.float32 if dtype == np.float64 else np.float64
+    with pytest.raises(TypeError, match="max_pool2d_backward"):
+        F.max_pool2d_backward(gy, x.astype(other), 3, 2, 1, indices=idx)
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: grad_out must have shape"):
+        F.max_pool2d_backward(gy, x[:, :, :5], 3, 2, 1, indices=idx)
+
+
+def test_max_pool2d_indices_empty_batch():
+    x = np.zeros((0, 2, 4, 4), np.float32)
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    assert y.shape == idx.shape == (0, 2, 2, 2) and idx.dtype == np.int64
+    gx = F.max_pool2d_backward(y, x, 2, indices=idx)
+    assert gx.shape == x.shape and gx.dtype == np.float32
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_max_pool2d_backward_bad_indices(module, rng, monkeypatch):
+    # tiny calls on three threads, so that a bad index in a later plane is another thread's
+    monkeypatch.setattr(F, "_MIN_BYTES_PER_THREAD", 1)
+    x = tie_free((2, 3, 6, 5), np.float32, rng)
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    gy = np.ones_like(y)
+    call = lambda i: module.max_pool2d_backward(gy, x, 2, indices=i, n_threads=3)  # noqa: E731
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must have shape"):
+        call(idx[:, :, :, :1])
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must have shape"):
+        call(idx.reshape(2, 3, -1))
+    for dtype in (np.float64, np.float32, bool):
+        with pytest.raises(TypeError, match=r"max_pool2d_backward: indices must be .*integer"):
+            call(idx.astype(dtype))
+    for plane, value in [(0, -1), (5, 30), (5, 2 ** 40), (3, -2 ** 63)]:
+        bad = idx.copy()
+        bad.reshape(6, -1)[plane, -1] = value
+        with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must be in \[0, "):
+            call(bad)
+    huge = idx.astype(np.uint64)
+    huge[1, 2, 0, 0] = 2 ** 63 + 5  # negative once cast to int64
+    with pytest.raises(ValueError, match=r"indices must be in \[0, "):
+        call(huge)
+    # the largest valid index is fine
+    ok = idx.copy()
+    ok[1, 2, 0, 0] = 29
+    assert call(ok)[1, 2, 5, 4] == 1
+
+
+def test_max_pool2d_reference_has_the_same_signature():
+    import inspect
+    for name in ("max_pool2d", "max_pool2d_backward"):
+        assert inspect.signature(getattr(F, name)) == inspect.signature(getattr(R, name))
+
+
 # ----------------------------------------------------------------------------- average pool
 
 @pytest.mark.parametrize("dtype", DTYPES)

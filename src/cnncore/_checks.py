@@ -6,7 +6,9 @@ Rules (documented in :mod:`cnncore.functional`):
 - integer and bool arrays (and nested lists) are cast to the floating dtype of the other
   array arguments, or to float32 if there is none;
 - float32 mixed with float64 is a TypeError (we never silently change a dtype you chose);
-- float16, complex, object and string arrays are a TypeError.
+- float16, complex, object and string arrays are a TypeError;
+- index arrays (e.g. saved max-pool argmaxes) must have an integer dtype and are cast to
+  int64 (their range is checked by the kernel that uses them).
 """
 
 import numpy as np
@@ -70,3 +72,13 @@ def check_blas_size(where, *sizes):
         if s > limit:
             raise ValueError(f"{where}: a matrix of {s} elements is too large for 32-bit BLAS; "
                              f"use a smaller batch or image")
+
+
+def index_array(where, name, a, shape):
+    """``a`` as a C-contiguous int64 array of ``shape``; other integer dtypes are cast, any
+    other dtype is a TypeError."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{where}: {name} must be an integer array, got dtype {a.dtype}")
+    check_shape(where, name, a, shape)
+    return np.ascontiguousarray(a, dtype=np.int64)

@@ -30,7 +30,8 @@ from threadpoolctl import ThreadpoolController
 
 from ._api import KERNELS, NORM_KERNELS
 from ._args import conv1d_as_2d, conv_padding, out_size, pair, pool_geometry
-from ._checks import check_blas_size, check_int, check_ndim, check_shape, float_arrays
+from ._checks import (check_blas_size, check_int, check_ndim, check_shape, float_arrays,
+                      index_array)
 from ._config import resolve_threads
 from ._kernels import activations as _act
 from ._kernels import conv as _conv
@@ -397,9 +398,17 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 
 # ----------------------------------------------------------------------------- pooling
 
-def _pool_inputs(where, x, kernel_size, stride, padding, grad_out=None):
-    x, grad_out = float_arrays(where, x=x, grad_out=grad_out)
+def _pool_inputs(where, x, kernel_size, stride, padding, grad_out=None, copy_x=True):
+    """Checked arrays and geometry of a pooling call. With ``copy_x=False`` only the shape
+    and dtype of x are used (backward with saved indices): x is neither cast nor copied,
+    so any view of the right shape and dtype will do."""
+    if copy_x:
+        x, grad_out = float_arrays(where, x=x, grad_out=grad_out)
+    else:
+        x = np.asarray(x)
     check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    if not copy_x:
+        _, grad_out = float_arrays(where, x=x[:0], grad_out=grad_out)  # dtype rules only
     if min(x.shape[1:]) < 1:
         raise ValueError(f"{where}: x must have no empty channel or spatial dimension, "
                          f"got {x.shape}")
@@ -421,27 +430,72 @@ def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
+def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False, n_threads=None):
     """Max pooling over ``kernel_size`` windows (``stride=None`` means stride = kernel_size);
-    ``padding`` (at most half the kernel) is never selected. Returns (N, C, Ho, Wo)."""
+    ``padding`` (at most half the kernel) is never selected.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, Ho, Wo)
+    indices : ndarray of int64, shape (N, C, Ho, Wo)
+        Only with ``return_indices=True``: the flat index ``h*W + w`` of each window's
+        argmax in its input plane (PyTorch's convention; the first element in row-major
+        window order on ties, the first NaN if any), for ``max_pool2d_backward(...,
+        indices=indices)``.
+    """
     where = "max_pool2d"
     x, _, args, o = _pool_inputs(where, x, kernel_size, stride, padding)
     y = np.empty((*x.shape[:2], *o), dtype=x.dtype)
+    if not return_indices:
+        if y.size:
+            _pool.max_pool2d_forward(_planes(x), _planes(y), *args,
+                                     _pool_threads(n_threads, where, x))
+        return y
+    if args[0] * x.shape[3] + args[1] >= 2 ** 31:  # the kernel keeps tap offsets in int32
+        raise ValueError(f"{where}: return_indices=True needs kernel height * W + kernel width "
+                         f"< 2**31, got kernel {args[:2]} and x of shape {x.shape}")
+    indices = np.empty(y.shape, dtype=np.int64)
     if y.size:
-        _pool.max_pool2d_forward(_planes(x), _planes(y), *args,
-                                 _pool_threads(n_threads, where, x))
-    return y
+        _pool.max_pool2d_forward_indices(_planes(x), _planes(y), _planes(indices), *args,
+                                         _pool_threads(n_threads, where, x))
+    return y, indices
 
 
-def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, n_threads=None):
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, indices=None,
+                        n_threads=None):
     """Gradient of :func:`max_pool2d`: each output gradient goes to its window's argmax
-    (the first one on ties); overlapping windows add up."""
+    (the first one on ties); overlapping windows add up.
+
+    Parameters
+    ----------
+    indices : ndarray of integers, shape of ``grad_out``, optional
+        The indices returned by ``max_pool2d(..., return_indices=True)``: the gradient is
+        scattered there (fast) instead of finding each argmax again from ``x``; then only
+        the shape and dtype of ``x`` are used. Indices outside ``[0, H*W)`` raise
+        ValueError (nothing is written out of bounds); other indices are trusted.
+        Both paths give the same bits.
+    """
     where = "max_pool2d_backward"
-    x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
-    grad_x = np.empty_like(x)
-    if x.size:
-        _pool.max_pool2d_backward(_planes(grad_out), _planes(x), _planes(grad_x), *args,
-                                  _pool_threads(n_threads, where, x))
+    if indices is None:
+        x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
+        grad_x = np.empty_like(x)
+        if x.size:
+            _pool.max_pool2d_backward(_planes(grad_out), _planes(x), _planes(grad_x), *args,
+                                      _pool_threads(n_threads, where, x))
+        return grad_x
+    x, grad_out, _, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out,
+                                     copy_x=False)
+    indices = index_array(where, "indices", indices, grad_out.shape)
+    grad_x = np.empty(x.shape, dtype=grad_out.dtype)
+    if grad_x.size:
+        planes = x.shape[0] * x.shape[1]
+        bad = _pool.max_pool2d_backward_indices(
+            grad_out.reshape(planes, -1), indices.reshape(planes, -1),
+            grad_x.reshape(planes, -1), _pool_threads(n_threads, where, grad_x))
+        if bad:
+            size = x.shape[2] * x.shape[3]
+            raise ValueError(f"{where}: indices must be in [0, H*W) = [0, {size}), got {bad} "
+                             f"outside (values from {indices.min()} to {indices.max()})")
     return grad_x
 
 

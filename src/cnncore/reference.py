@@ -106,26 +106,55 @@ def _pool_geometry(x, kernel_size, stride, padding, where):
     return pool_geometry(x.shape[2], x.shape[3], kernel_size, stride, padding, where=where)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, n_threads=None):
-    """Max over each ``kernel_size`` window; padded cells never win (they are -inf)."""
+def _window_argmax(x, k, s, p, o):
+    """Flat index ``h*W + w`` into the input plane of each window's argmax, ``(N, C, Ho, Wo)``:
+    the first NaN of the window if it has one, else the first maximum in row-major window
+    order; padded cells never win (a window of -inf picks its first real cell)."""
+    n, c, h, w = x.shape
+    pad = ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1]))
+    win = _windows(np.pad(x, pad, constant_values=-np.inf), k, s, (1, 1), o)
+    win = win.reshape(n, c, o[0], o[1], k[0] * k[1])
+    real = _windows(np.pad(np.ones((1, 1, h, w), dtype=bool), pad), k, s, (1, 1), o)
+    real = real.reshape(1, 1, o[0], o[1], k[0] * k[1])
+    nan = np.isnan(win)
+    is_max = real & (win == win.max(axis=-1, keepdims=True))
+    tap = np.where(nan.any(axis=-1, keepdims=True), nan, is_max).argmax(axis=-1)  # first True
+    rows = np.arange(o[0])[:, None] * s[0] - p[0] + tap // k[1]
+    cols = np.arange(o[1])[None, :] * s[1] - p[1] + tap % k[1]
+    return (rows * w + cols).astype(np.int64)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False, n_threads=None):
+    """Max over each ``kernel_size`` window; padded cells never win (they are -inf). With
+    ``return_indices``, also the flat index ``h*W + w`` of each window's argmax (int64)."""
     k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
     xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=-np.inf)
-    return np.ascontiguousarray(_windows(xp, k, s, (1, 1), o).max(axis=(4, 5)))
+    y = np.ascontiguousarray(_windows(xp, k, s, (1, 1), o).max(axis=(4, 5)))
+    if return_indices:
+        return y, _window_argmax(x, k, s, p, o)
+    return y
 
 
-def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, n_threads=None):
-    """Route each output gradient to its window's argmax (ties: the first in row-major order)."""
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, indices=None,
+                        n_threads=None):
+    """Add each output gradient at its window's argmax (ties: the first in row-major order),
+    taken from ``indices`` if given (then only the shape and dtype of ``x`` are used)."""
     k, s, p, o = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d_backward")
     n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=-np.inf)
-    win = _windows(xp, k, s, (1, 1), o).reshape(n, c, o[0], o[1], k[0] * k[1])
-    arg = win.argmax(axis=-1)
-    rows = np.arange(o[0])[:, None] * s[0] + arg // k[1]
-    cols = np.arange(o[1])[None, :] * s[1] + arg % k[1]
-    nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
-    dxp = np.zeros_like(xp)
-    np.add.at(dxp, (nn[..., None, None], cc[..., None, None], rows, cols), grad_out)
-    return np.ascontiguousarray(dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
+    if indices is None:
+        indices = _window_argmax(x, k, s, p, o)
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"max_pool2d_backward: indices must be integers, got {indices.dtype}")
+    if indices.shape != grad_out.shape:
+        raise ValueError(f"max_pool2d_backward: indices must have shape {grad_out.shape}, got "
+                         f"{indices.shape}")
+    if indices.size and (indices.min() < 0 or indices.max() >= h * w):
+        raise ValueError(f"max_pool2d_backward: indices must be in [0, {h * w})")
+    planes = np.arange(n * c)[:, None]
+    grad_x = np.zeros((n * c, h * w), dtype=x.dtype)
+    np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_out.reshape(n * c, -1))
+    return grad_x.reshape(x.shape)
 
 
 def _avg_counts(x, k, s, p, o, count_include_pad):

@@ -1,6 +1,7 @@
 # Declarations of the C helpers in csrc/cnncore_simd.h, and fused-type wrappers that pick
 # the float or double version (one body for both dtypes in the kernels that use them).
 from cython cimport floating
+from libc.stdint cimport int32_t
 
 cdef extern from "cnncore_simd.h" nogil:
     void cnn_gather_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
@@ -28,6 +29,10 @@ cdef extern from "cnncore_simd.h" nogil:
     double cnn_dot_d(const double* a, const double* b, Py_ssize_t n, Py_ssize_t stride)
     void cnn_max_row_f(float* m, const float* x, Py_ssize_t n, Py_ssize_t stride)
     void cnn_max_row_d(double* m, const double* x, Py_ssize_t n, Py_ssize_t stride)
+    void cnn_max_row_arg_f(float* m, int32_t* a, const float* x, Py_ssize_t n,
+                           Py_ssize_t stride, int32_t tap)
+    void cnn_max_row_arg_d(double* m, int32_t* a, const double* x, Py_ssize_t n,
+                           Py_ssize_t stride, int32_t tap)
 
 
 cdef inline void _gather(floating* dst, const floating* src, Py_ssize_t n,
@@ -76,3 +81,11 @@ cdef inline void _max_row(floating* m, const floating* x, Py_ssize_t n,
         cnn_max_row_f(m, x, n, stride)
     else:
         cnn_max_row_d(m, x, n, stride)
+
+
+cdef inline void _max_row_arg(floating* m, int32_t* a, const floating* x, Py_ssize_t n,
+                              Py_ssize_t stride, int32_t tap) noexcept nogil:
+    if floating is float:
+        cnn_max_row_arg_f(m, a, x, n, stride, tap)
+    else:
+        cnn_max_row_arg_d(m, a, x, n, stride, tap)

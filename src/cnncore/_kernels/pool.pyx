@@ -3,19 +3,25 @@
 A window of output (oh, ow) covers input rows ``oh*sh - ph + i`` and columns
 ``ow*sw - pw + j`` for taps ``0 <= i < kh, 0 <= j < kw``; taps outside the image are
 padding. The kernels walk whole output rows one tap at a time (a strided, vectorisable row
-operation from csrc/cnncore_simd.h) instead of one window at a time. The max-pool
-backward finds each window's argmax again, window by window (row-major, so ties go to the
-first element, as numpy.argmax), and adds the output gradient there.
+operation from csrc/cnncore_simd.h) instead of one window at a time.
+
+Max-pool argmax: the first element of the window in row-major order on ties, the first NaN
+if there is one (as numpy.argmax). Either the forward keeps it (``max_pool2d_forward_indices``
+tracks, next to each running max, the offset of the tap that set it, and writes the flat
+index ``h*W + w`` into the input plane, as PyTorch) and the backward scatters the output
+gradient there (``max_pool2d_backward_indices``), or the backward finds it again from x,
+window by window (``max_pool2d_backward``); both give the same bits.
 Each plane is handled by one thread in a fixed order: results do not depend on the number
 of threads.
 """
 from libc.string cimport memset
 from libc.math cimport INFINITY
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from cython cimport floating
 from cython.parallel cimport prange
 
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _max_row, _axpy, _scatter_axpy
+from cnncore._kernels._simd cimport _max_row, _max_row_arg, _axpy, _scatter_axpy
 
 cdef enum:
     CHUNK = 256  # output columns handled at once by the kernels that need a row buffer
@@ -115,6 +121,84 @@ def max_pool2d_backward(const floating[:, :, ::1] dy,  # IN  (N*C, Ho, Wo)
     cdef Py_ssize_t p
     for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
         _max_pool_plane_backward(&g, &dy[p, 0, 0], &x[p, 0, 0], &dx[p, 0, 0])
+
+
+cdef void _max_pool_plane_indices(const Window* g, const floating* x, floating* y,
+                                  int64_t* idx) noexcept nogil:
+    """As _max_pool_plane, and the flat index of each window's argmax into idx."""
+    cdef Py_ssize_t oh, ow, i, j, i0, j0, top, ih, off, lo, hi, c0, c1, a, b, k, base
+    cdef Py_ssize_t n_chunks = (g.Wo + CHUNK - 1) // CHUNK
+    cdef int32_t tap[CHUNK]  # offset (i*W + j) of the tap that set the running max
+    cdef floating* row
+    for oh in range(g.Ho):
+        row = y + oh * g.Wo
+        top = oh * g.sh - g.ph  # input row of tap i = 0 (may be padding)
+        i0 = -top if top < 0 else 0
+        base = top * g.W - g.pw  # flat index of output ow, tap (i, j): base + ow*sw + i*W + j
+        for k in range(n_chunks):
+            c0 = k * CHUNK
+            c1 = c0 + CHUNK if c0 + CHUNK < g.Wo else g.Wo
+            # until a tap beats -inf, the argmax is the window's first real cell
+            for ow in range(c0, c1):
+                row[ow] = -INFINITY
+                j0 = g.pw - ow * g.sw
+                tap[ow - c0] = <int32_t> (i0 * g.W + (j0 if j0 > 0 else 0))
+            for i in range(i0, g.kh):
+                ih = top + i
+                if ih >= g.H:
+                    break
+                for j in range(g.kw):
+                    off = j - g.pw
+                    _valid_range(off, g.sw, g.W, g.Wo, &lo, &hi)
+                    _clip(lo, hi, c0, c1, &a, &b)
+                    _max_row_arg(row + a, tap + a - c0, x + ih * g.W + a * g.sw + off, b - a,
+                                 g.sw, <int32_t> (i * g.W + j))
+            for ow in range(c0, c1):
+                idx[oh * g.Wo + ow] = base + ow * g.sw + tap[ow - c0]
+
+
+cdef Py_ssize_t _max_pool_plane_scatter(const floating* dy, const int64_t* idx, Py_ssize_t n,
+                                        floating* dx, Py_ssize_t P) noexcept nogil:
+    """dx = 0, then dx[idx[k]] += dy[k] in order; returns the number of indices outside
+    [0, P), which are skipped."""
+    cdef Py_ssize_t k, bad = 0
+    cdef int64_t a
+    memset(dx, 0, P * sizeof(floating))
+    for k in range(n):
+        a = idx[k]
+        if <uint64_t> a < <uint64_t> P:  # also rejects a < 0
+            dx[a] = dx[a] + dy[k]
+        else:
+            bad = bad + 1
+    return bad
+
+
+def max_pool2d_forward_indices(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
+                               floating[:, :, ::1] y,        # OUT (N*C, Ho, Wo)
+                               int64_t[:, :, ::1] idx,       # OUT (N*C, Ho, Wo), h*W + w
+                               int kh, int kw, int sh, int sw, int ph, int pw, int n_threads):
+    """max_pool2d_forward that also writes each window's argmax; tap offsets are int32, so
+    kh * W + kw must stay below 2**31 (checked by the caller)."""
+    cdef Window g = _window(x.shape[1], x.shape[2], y.shape[1], y.shape[2], kh, kw, sh, sw,
+                            ph, pw)
+    cdef Py_ssize_t p
+    for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        _max_pool_plane_indices(&g, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
+
+
+def max_pool2d_backward_indices(const floating[:, ::1] dy,  # IN  (N*C, Ho*Wo)
+                                const int64_t[:, ::1] idx,  # IN  (N*C, Ho*Wo), h*W + w
+                                floating[:, ::1] dx,        # OUT (N*C, H*W)
+                                int n_threads):
+    """dx[p, idx[p, k]] += dy[p, k] over zeroed planes; returns the number of indices
+    outside [0, H*W) (skipped: nothing is written out of bounds)."""
+    if idx.shape[0] != dy.shape[0] or idx.shape[1] != dy.shape[1] or dx.shape[0] != dy.shape[0]:
+        raise ValueError("max_pool2d_backward_indices: dy, idx and dx do not match")
+    cdef Py_ssize_t p, bad = 0
+    for p in prange(dx.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        bad += _max_pool_plane_scatter(&dy[p, 0], &idx[p, 0], dy.shape[1], &dx[p, 0],
+                                       dx.shape[1])
+    return bad
 
 
 # ----------------------------------------------------------------------------- average pooling

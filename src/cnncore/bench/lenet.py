@@ -9,7 +9,8 @@ The network (MNIST-sized, 1x28x28 inputs, 10 classes)::
 
 - :func:`functional_step`: the explicit forward / backward chain over a module with the
   :mod:`cnncore.functional` API -- used for cnncore and, unchanged, for
-  :mod:`cnncore.reference`;
+  :mod:`cnncore.reference`; max pooling keeps its argmax indices for the backward, as
+  PyTorch does;
 - :func:`layers_step`: the same network from :mod:`cnncore.layers` (only when that
   package provides the layer classes);
 - :func:`torch_step`: ``torch.nn`` modules, ``F.cross_entropy``, ``loss.backward()`` and
@@ -90,10 +91,10 @@ def functional_step(F, params, x, labels, lr=LR, n_threads=None):
         # forward
         z1 = F.conv2d(x, p["w1"], p["b1"], 1, 2, n_threads=t)
         a1 = F.relu(z1, n_threads=t)
-        q1 = F.max_pool2d(a1, 2, 2, n_threads=t)
+        q1, i1 = F.max_pool2d(a1, 2, 2, return_indices=True, n_threads=t)
         z2 = F.conv2d(q1, p["w2"], p["b2"], 1, 0, n_threads=t)
         a2 = F.relu(z2, n_threads=t)
-        q2 = F.max_pool2d(a2, 2, 2, n_threads=t)
+        q2, i2 = F.max_pool2d(a2, 2, 2, return_indices=True, n_threads=t)
         f = q2.reshape(n, -1)
         z3 = F.linear(f, p["w3"], p["b3"], n_threads=t)
         a3 = F.relu(z3, n_threads=t)
@@ -108,10 +109,10 @@ def functional_step(F, params, x, labels, lr=LR, n_threads=None):
         g, grads["w4"], grads["b4"] = F.linear_backward(g, a3, p["w4"], n_threads=t)
         g = F.relu_backward(g, z3, n_threads=t)
         g, grads["w3"], grads["b3"] = F.linear_backward(g, f, p["w3"], n_threads=t)
-        g = F.max_pool2d_backward(g.reshape(q2.shape), a2, 2, 2, n_threads=t)
+        g = F.max_pool2d_backward(g.reshape(q2.shape), a2, 2, 2, indices=i2, n_threads=t)
         g = F.relu_backward(g, z2, n_threads=t)
         g, grads["w2"], grads["b2"] = F.conv2d_backward(g, q1, p["w2"], 1, 0, n_threads=t)
-        g = F.max_pool2d_backward(g, a1, 2, 2, n_threads=t)
+        g = F.max_pool2d_backward(g, a1, 2, 2, indices=i1, n_threads=t)
         g = F.relu_backward(g, z1, n_threads=t)
         _, grads["w1"], grads["b1"] = F.conv2d_backward(g, x, p["w1"], 1, 2, n_threads=t)
         # SGD

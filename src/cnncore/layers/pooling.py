@@ -1,5 +1,7 @@
 """Pooling layers: :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`GlobalAvgPool2d`."""
 
+import numpy as np
+
 from .._args import out_size, pair
 from .. import functional as F
 from .base import Layer, shape_str
@@ -51,17 +53,36 @@ class _Pool2d(Layer):
 
 class MaxPool2d(_Pool2d):
     """Maximum over ``kernel_size`` windows of ``(N, C, H, W)`` inputs (``stride`` defaults to
-    ``kernel_size``; padded cells never win)."""
+    ``kernel_size``; padded cells never win).
+
+    In training mode ``forward`` keeps the argmax indices (int64, one per output) and the
+    input's shape and dtype, not the input, and ``backward`` scatters the gradient there;
+    in eval mode it keeps the input and ``backward`` finds the argmaxes again (same result).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding)
+        self._indices = None
+        self._x_like = None  # a zero-stride stand-in with the input's shape and dtype
 
     def forward(self, x):
         check_ndim(self, x.shape, 4, "(N, C, H, W)")
-        self._x = x
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if not self.training:
+            self._x, self._indices, self._x_like = x, None, None
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        y, self._indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                        return_indices=True)
+        self._x, self._x_like = None, np.broadcast_to(np.zeros((), y.dtype), x.shape)
+        return y
 
     def backward(self, grad_out):
+        if self._indices is not None:
+            return F.max_pool2d_backward(grad_out, self._x_like, self.kernel_size, self.stride,
+                                         self.padding, indices=self._indices)
         if self._x is None:
             raise self._backward_before_forward()
-        return F.max_pool2d_backward(grad_out, self._x, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d_backward(grad_out, self._x, self.kernel_size, self.stride,
+                                     self.padding)
 
 
 class AvgPool2d(_Pool2d):
