@@ -151,6 +151,9 @@ def test_cli_arguments():
     full = settings_from_args(p.parse_args(["--threads", "2", "--repeats", "12"]))
     assert full.ref_repeats == 4 and full.scaling
     assert settings_from_args(p.parse_args(["--threads", "1"])).scaling is False
+    assert "memory" in full.ops and full.memory_steps == 5
+    assert s.memory_steps == 2
+    assert settings_from_args(p.parse_args(["--smoke"])).memory_steps == 1
     with pytest.raises(ValueError):
         settings_from_args(p.parse_args(["--ops", "conv,bogus"]))
     with pytest.raises(ValueError):
@@ -201,3 +204,47 @@ def test_quick_run_writes_json(tmp_path):
         assert le["per_impl"]["cnncore"]["images_per_s"] > 0
         assert le["ok"]
     assert res["summary"]["conv"]["min_speedup_reference"] > 0
+    assert [m["batch"] for m in res["memory"]] == list(shapes.LENET_BATCHES)
+    for m in res["memory"]:
+        assert {"cnncore", "reference"} <= set(m["per_impl"]) and "torch" not in m["per_impl"]
+        assert all(v["steps"] == 2 for v in m["per_impl"].values())
+
+
+def _check_memory_entry(m, impl, batch, steps):
+    assert (m["impl"], m["batch"], m["steps"]) == (impl, batch, steps)
+    for key in ("step_mb", "total_mb", "rss_base_mb", "peak_mb"):
+        assert isinstance(m[key], float) and m[key] >= 0, (key, m)
+    assert m["total_mb"] > 0 and m["rss_built_mb"] > 0          # the process grew
+    assert m["total_mb"] >= m["step_mb"]
+    if impl == "torch":
+        assert m["tracemalloc_mb"] is None                      # invisible to tracemalloc
+    else:
+        assert m["tracemalloc_mb"] > 0                          # a step allocates arrays
+
+
+def test_memory_rows(tmp_path):
+    """``--ops memory``: one fresh process per implementation; the rows are printed and in
+    the JSON with positive sizes (torch too when it is installed)."""
+    out = tmp_path / "mem.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnncore.bench", "--smoke", "--ops", "memory", "--threads", "2",
+         "--json", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "peak memory" in proc.stdout and "cnncore.functional" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["rows"] == [] and res["lenet"] == []
+    assert res["warnings"] == [] or all("memory" not in w for w in res["warnings"])
+    (row,) = res["memory"]
+    assert row["batch"] == 8
+    expected = {"cnncore", "layers", "reference"}
+    if res["torch"] is not None:
+        expected.add("torch")
+    assert set(row["per_impl"]) == expected
+    for impl, m in row["per_impl"].items():
+        _check_memory_entry(m, impl, 8, 1)
+    losses = {m["first_loss"] for m in row["per_impl"].values()}
+    assert max(losses) - min(losses) < 1e-4 * max(1.0, max(losses))  # same step everywhere
+    if "torch" in row["per_impl"]:
+        assert row["ratio_torch_total"]["cnncore"] > 0
+        (summary,) = res["summary"]["memory"]
+        assert summary["cnncore_total"] > 0 and summary["torch_total"] > 0

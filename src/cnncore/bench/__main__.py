@@ -13,7 +13,7 @@ import numpy as np
 from .runner import Settings, run
 from .shapes import CONV_SHAPES, LENET_BATCHES, POOL_SHAPES, scaled, select
 
-OPS = ("conv", "pool", "lenet")
+OPS = ("conv", "pool", "lenet", "memory")
 
 
 def _cpu_count():
@@ -32,7 +32,9 @@ def build_parser():
             "Profile cnncore's convolution and pooling kernels (forward and backward "
             "separately) and a LeNet-5 training step against the NumPy reference "
             "(cnncore.reference) and PyTorch CPU when it is installed, at the same "
-            "thread count, and relate the speed to this machine's peak.", 79),
+            "thread count, and relate the speed to this machine's peak; measure the "
+            "peak memory of the LeNet-5 step (ops 'memory': one fresh process per "
+            "implementation and batch).", 79),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="ratios:\n  /torch = cnncore time / torch time (< 1 means cnncore is faster)\n"
                "  xnumpy = reference time / cnncore time (the speed-up over NumPy)\n"
@@ -74,10 +76,11 @@ def build_parser():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
                       help="about 30 s: batches of the conv/pool shapes divided by 4, "
-                           "3 repeats, 1 reference repeat, a 2048^2 gemm peak")
+                           "3 repeats, 1 reference repeat, a 2048^2 gemm peak, 2 steps "
+                           "per memory measurement")
     mode.add_argument("--smoke", action="store_true",
                       help="a few seconds, for tests: batches divided by 32, 1 repeat, "
-                           "no warm-up, LeNet batch 8 only")
+                           "no warm-up, LeNet batch 8 only, 1 step per memory measurement")
     p.add_argument("--json", metavar="PATH",
                    help="write everything (machine, config, every row with all repeats) "
                         "to this JSON file")
@@ -107,15 +110,19 @@ def settings_from_args(args, parser=None):
     conv, pool, batches = CONV_SHAPES, POOL_SHAPES, LENET_BATCHES
     if args.smoke:
         mode, repeats, warmup, ref_repeats, gemm_n, div = "smoke", 1, 0, 1, 512, 32
-        batches = (8,)
+        batches, memory_steps = (8,), 1
         note = ("SMOKE mode (for tests, numbers are not meaningful): conv/pool batches "
-                "divided by 32, 1 repeat, no warm-up, LeNet batch 8 only, 512^2 gemm")
+                "divided by 32, 1 repeat, no warm-up, LeNet batch 8 only, 512^2 gemm, "
+                "1 memory step")
     elif args.quick:
         mode, repeats, warmup, ref_repeats, gemm_n, div = "quick", 3, 1, 1, 2048, 4
+        memory_steps = 2
         note = ("QUICK mode: conv/pool batches divided by 4 (so the shapes differ from "
-                "the standard set), 3 repeats, 1 reference repeat, 2048^2 gemm peak")
+                "the standard set), 3 repeats, 1 reference repeat, 2048^2 gemm peak, "
+                "2 memory steps")
     else:
         mode, repeats, warmup, ref_repeats, gemm_n, div = "full", 10, 2, None, 4096, 1
+        memory_steps = 5
         note = ""
     if div > 1:
         conv, pool = scaled(conv, div), scaled(pool, div)
@@ -137,7 +144,7 @@ def settings_from_args(args, parser=None):
         ref_warmup=min(warmup, 1), dtype=args.dtype, ops=ops,
         conv_shapes=select(conv, names & {s.name for s in CONV_SHAPES}) if names else conv,
         pool_shapes=select(pool, names & {s.name for s in POOL_SHAPES}) if names else pool,
-        lenet_batches=batches, use_torch=not args.no_torch,
+        lenet_batches=batches, memory_steps=memory_steps, use_torch=not args.no_torch,
         use_reference=not args.no_reference, torch_backward=args.torch_backward,
         scaling=bool(scaling), scaling_repeats=max(1, min(3, repeats)), gemm_n=gemm_n,
         mode=mode, mode_note=note, seed=args.seed, settle=0.0 if mode == "smoke" else 0.25)
@@ -161,7 +168,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = settings_from_args(args, parser)
     if args.shapes and not (settings.conv_shapes or settings.pool_shapes) \
-            and "lenet" not in settings.ops:
+            and not {"lenet", "memory"} & set(settings.ops):
         parser.error("--shapes and --ops leave nothing to run")
     results = run(settings, emit=lambda line: print(line, flush=True))
     if args.json:

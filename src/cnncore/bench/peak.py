@@ -217,9 +217,10 @@ class CpuMonitor:
     """How much CPU *other* processes used while we measured.
 
     ``snapshot()`` before and after a measurement; ``other_share(a, b)`` is the fraction of
-    all CPUs' time in between that was busy but not spent by this process (all its threads):
-    0 on an idle machine, 0.5 when other processes kept half the CPUs busy. None where
-    ``/proc/stat`` does not exist. The resolution is the kernel's clock tick (10 ms).
+    all CPUs' time in between that was busy but not spent by this process (all its threads)
+    or by the children it waited for (the memory measurements' subprocesses): 0 on an idle
+    machine, 0.5 when other processes kept half the CPUs busy. None where ``/proc/stat``
+    does not exist. The resolution is the kernel's clock tick (10 ms).
     """
 
     def __init__(self):
@@ -228,7 +229,8 @@ class CpuMonitor:
 
     def snapshot(self):
         t = os.times()
-        return (time.perf_counter(), _system_busy_seconds(), t.user + t.system)
+        return (time.perf_counter(), _system_busy_seconds(),
+                t.user + t.system + t.children_user + t.children_system)
 
     def other_share(self, a, b):
         if not self.available or a[1] is None or b[1] is None:

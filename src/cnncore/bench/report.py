@@ -6,7 +6,7 @@ import math
 BUSY = 0.10
 
 __all__ = ["fmt_ms", "fmt_num", "fmt_ratio", "Table", "OP_TABLE", "LENET_TABLE",
-           "header_lines", "summary_lines"]
+           "MEMORY_TABLE", "header_lines", "summary_lines"]
 
 
 def fmt_ms(seconds):
@@ -132,6 +132,36 @@ def lenet_rows(row):
     return lines
 
 
+MEMORY_TABLE = Table([
+    ("peak memory", 12, "<"), ("implementation", 19, "<"), ("step MB", 8, ">"),
+    ("/torch", 6, ">"), ("total MB", 8, ">"), ("/torch", 6, ">"), ("retained", 8, ">"),
+    ("traced MB", 9, ">"), ("faults", 6, ">"),
+])
+
+MEMORY_NOTE = (
+    "peak memory of a LeNet-5 step, each implementation in a fresh process "
+    "(cnncore.bench.memory): step MB = peak RSS over the steps above the RSS after a warm-up "
+    "step; total MB = that peak above the RSS before the first step; retained = what the "
+    "warm-up step left resident (kept buffers, runtime start-up, memory the allocator keeps); "
+    "traced MB = tracemalloc peak of a step (NumPy buffers; torch's allocator is invisible "
+    "to it); faults = minor page faults per step")
+
+
+def memory_rows(row):
+    """Lines of :data:`MEMORY_TABLE` for one batch size (one line per implementation)."""
+    lines = []
+    for key, label in LENET_LABELS.items():
+        m = row["per_impl"].get(key)
+        if m is None:
+            continue
+        lines.append(MEMORY_TABLE.row(
+            f"batch {row['batch']}", label, fmt_num(m["step_mb"], 2),
+            fmt_ratio(row["ratio_torch"].get(key)), fmt_num(m["total_mb"], 2),
+            fmt_ratio(row["ratio_torch_total"].get(key)), fmt_num(m["retained_mb"], 2),
+            fmt_num(m.get("tracemalloc_mb"), 2), fmt_num(m.get("faults_per_step"), 0)))
+    return lines
+
+
 def header_lines(res):
     """The header: what ran, on what, against what peak."""
     s, m, cfg = res["settings"], res["machine"], res["config"]
@@ -205,6 +235,16 @@ def summary_lines(res):
                      f"{fmt_ratio(le['ratio'])} (> 1: cnncore faster)")
         if le.get("layers"):
             line += f"; cnncore.layers {fmt_num(le['layers'], 0)} images/s"
+        lines.append(line)
+    for me in sm.get("memory", []):
+        line = (f"  LeNet-5 batch {me['batch']} peak memory: cnncore "
+                f"{fmt_num(me['cnncore_step'], 2)} MB per step "
+                f"({fmt_num(me['cnncore_total'], 2)} MB total)")
+        if me.get("torch_step") is not None:
+            line += (f", torch {fmt_num(me['torch_step'], 2)} MB "
+                     f"({fmt_num(me['torch_total'], 2)} MB "
+                     f"total): cnncore/torch = {fmt_ratio(me.get('ratio_step'))} per step, "
+                     f"{fmt_ratio(me.get('ratio_total'))} total")
         lines.append(line)
     sc = res.get("scaling")
     if sc:

@@ -1,16 +1,18 @@
-"""Run the benchmark: machine probe, conv / pool rows, thread scaling, LeNet-5 steps.
+"""Run the benchmark: machine probe, conv / pool rows, thread scaling, LeNet-5 steps and
+their peak memory.
 
 :func:`run` takes a :class:`Settings` and returns everything as one JSON-ready dict,
 printing the table as rows are measured.
 """
 
 import copy
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import backends, lenet, peak, report
+from . import backends, lenet, memory, peak, report
 from .shapes import pool_bytes, shape_flops
 from .timing import time_call
 
@@ -32,10 +34,11 @@ class Settings:
     ref_repeats: int = 3
     ref_warmup: int = 1
     dtype: str = "float32"
-    ops: tuple = ("conv", "pool", "lenet")
+    ops: tuple = ("conv", "pool", "lenet", "memory")
     conv_shapes: tuple = ()
     pool_shapes: tuple = ()
     lenet_batches: tuple = (64, 8)
+    memory_steps: int = 5
     use_torch: bool = True
     use_reference: bool = True
     torch_backward: str = "aten"
@@ -215,6 +218,27 @@ class _Bench:
             row["speedup_reference"] = t["reference"]["median"] / t["cnncore"]["median"]
         return row
 
+    # ------------------------------------------------------------------ peak memory
+    def memory(self, res):
+        impls = ["cnncore"]
+        if lenet.layers_available() is not None:
+            impls.append("layers")
+        if self.s.use_reference:
+            impls.append("reference")
+        if self.torch is not None:
+            impls.append("torch")
+        self.emit("")
+        for line in textwrap.wrap(report.MEMORY_NOTE, 100, subsequent_indent="  "):
+            self.emit(line)
+        self.emit(report.MEMORY_TABLE.header())
+        for batch in self.s.lenet_batches:
+            self.settle()
+            row = memory.memory_row(batch, impls, self.s.memory_steps, self.s.threads,
+                                    self.dtype.name, self.s.seed, warnings=self.warnings)
+            res["memory"].append(row)
+            for line in report.memory_rows(row):
+                self.emit(line)
+
     # ------------------------------------------------------------------ main
     def run(self):
         from threadpoolctl import threadpool_limits
@@ -258,7 +282,7 @@ class _Bench:
                                  "processes were busy, timings may be slow and noisy")
         for line in report.header_lines(res):
             self.emit(line)
-        res["rows"], res["lenet"], res["scaling"] = [], [], None
+        res["rows"], res["lenet"], res["memory"], res["scaling"] = [], [], [], None
         try:
             with threadpool_limits(limits=s.threads, user_api="blas"):
                 if "conv" in s.ops and s.conv_shapes:
@@ -290,6 +314,8 @@ class _Bench:
                         res["lenet"].append(row)
                         for line in report.lenet_rows(row):
                             self.emit(line)
+                if "memory" in s.ops and s.lenet_batches:
+                    self.memory(res)
         finally:
             cnncore.set_num_threads(saved_threads)
         res["summary"] = summarize_results(res)
@@ -337,6 +363,17 @@ def summarize_results(res):
         if e["torch"]:
             e["ratio"] = e["cnncore"] / e["torch"]
         out["lenet"].append(e)
+    out["memory"] = []
+    for r in res.get("memory", []):
+        per = r["per_impl"]
+        if "cnncore" not in per:
+            continue
+        t = per.get("torch") or {}
+        out["memory"].append({
+            "batch": r["batch"], "cnncore_step": per["cnncore"]["step_mb"],
+            "cnncore_total": per["cnncore"]["total_mb"], "torch_step": t.get("step_mb"),
+            "torch_total": t.get("total_mb"), "ratio_step": r["ratio_torch"].get("cnncore"),
+            "ratio_total": r["ratio_torch_total"].get("cnncore")})
     return out
 
 
@@ -353,7 +390,8 @@ def run(settings, emit=print):
     -------
     dict
         ``schema``, ``settings``, ``machine``, ``config`` (``cnncore.config()``), ``peak``,
-        ``torch``, ``rows`` (conv and pool, every repeat), ``lenet``, ``scaling``,
-        ``summary``, ``warnings``, ``wall_time_s``.
+        ``torch``, ``rows`` (conv and pool, every repeat), ``lenet``, ``memory`` (peak
+        memory of the LeNet-5 step, :mod:`.memory`), ``scaling``, ``summary``,
+        ``warnings``, ``wall_time_s``.
     """
     return _Bench(settings, emit).run()
