@@ -12,8 +12,10 @@ For every problem the inputs are made once (seeded NumPy arrays); each backend w
   convolution ``aten.convolution_backward`` with ``output_mask=[True, True, True]``
   (input, weight and bias gradients, exactly what ``cnncore.functional.conv2d_backward``
   returns); for max pooling ``aten.max_pool2d_with_indices_backward`` with the indices
-  saved by the forward (PyTorch finds the argmax in the forward and keeps it, cnncore
-  finds it again in the backward); for average pooling ``aten.avg_pool2d_backward``.
+  saved by the forward; for average pooling ``aten.avg_pool2d_backward``.
+  Max pooling is timed as training runs it, in every backend: the forward saves the
+  argmax indices (``aten.max_pool2d_with_indices``; ``max_pool2d(..., return_indices=True)``)
+  and the backward scatters through them (``max_pool2d_backward(..., indices=...)``).
   ``torch_backward="autograd"`` instead times ``torch.autograd.grad`` on a forward graph
   built once with ``retain_graph=True``, which adds the autograd engine's overhead
   (tens of microseconds per call).
@@ -107,8 +109,11 @@ def pool_calls(backend, shape, arrays, threads, torch=None, torch_backward="aten
         else:
             from .. import reference as M
         if shape.kind == "max":
-            return {"fwd": lambda: M.max_pool2d(x, k, s, 0, n_threads=threads),
-                    "bwd": lambda: M.max_pool2d_backward(gy, x, k, s, 0, n_threads=threads)}
+            _, idx = M.max_pool2d(x, k, s, 0, return_indices=True, n_threads=threads)
+            return {"fwd": lambda: M.max_pool2d(x, k, s, 0, return_indices=True,
+                                                n_threads=threads),
+                    "bwd": lambda: M.max_pool2d_backward(gy, x, k, s, 0, indices=idx,
+                                                         n_threads=threads)}
         return {"fwd": lambda: M.avg_pool2d(x, k, s, 0, n_threads=threads),
                 "bwd": lambda: M.avg_pool2d_backward(gy, x, k, s, 0, n_threads=threads)}
     if backend != "torch":
@@ -119,6 +124,9 @@ def pool_calls(backend, shape, arrays, threads, torch=None, torch_backward="aten
 
     def fwd():
         with torch.no_grad():
+            if shape.kind == "max":
+                return torch.ops.aten.max_pool2d_with_indices(xt, [k, k], [s, s], [0, 0],
+                                                              [1, 1], False)
             return pool(xt, k, s)
 
     if torch_backward == "autograd":
