@@ -398,6 +398,29 @@ def test_conv1d_is_numpy_correlate(dtype, rng):
         assert_close(y[0, 0], expected, dtype, mode)
 
 
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+@pytest.mark.parametrize("cfg", [
+    pytest.param(_cfg(2, 1, 6, 9, 8, 5, padding=2), id="im2col"),
+    pytest.param(_cfg(2, 3, 6, 7, 6, 3, padding=1, groups=3), id="direct"),
+    pytest.param(_cfg(2, 32, 32, 6, 5, 3, padding=1), id="winograd"),
+])
+def test_conv2d_backward_without_grad_x(cfg, module, rng):
+    x, w, _ = make_conv2d_inputs(cfg, np.float64, rng)
+    gy = rng.standard_normal(expected_conv2d_shape(cfg))
+    gx, gw, gb = module.conv2d_backward(gy, x, w, **hyper(cfg))
+    none, gw2, gb2 = module.conv2d_backward(gy, x, w, **hyper(cfg), need_grad_x=False)
+    assert gx.shape == x.shape and none is None
+    np.testing.assert_array_equal(gw2, gw)
+    np.testing.assert_array_equal(gb2, gb)
+    x1, w1, gy1 = x[:, :, 0, :].copy(), w[:, :, 0, :].copy(), gy[:, :, 0, :].copy()
+    kw = dict(groups=cfg["groups"])
+    none, gw1, _ = module.conv1d_backward(gy1[:, :, :x1.shape[2] - w1.shape[2] + 1], x1, w1,
+                                          need_grad_x=False, **kw)
+    assert none is None
+    np.testing.assert_array_equal(
+        gw1, module.conv1d_backward(gy1[:, :, :x1.shape[2] - w1.shape[2] + 1], x1, w1, **kw)[1])
+
+
 # ----------------------------------------------------------------------------- Winograd path
 
 # 3x3 stride-1 convolutions run through Winograd F(2x2, 3x3) (_kernels/winograd.pyx) once

@@ -180,6 +180,27 @@ def test_container_gradients(rng):
 
 # ----------------------------------------------------------------------------- behaviour
 
+@pytest.mark.parametrize("first,in_ch", [
+    pytest.param(lambda r: Conv2d(1, 4, 5, padding=2, rng=r), 1, id="conv2d"),
+    pytest.param(lambda r: Conv2d(32, 32, 3, padding=1, rng=r), 32, id="conv2d-winograd"),
+    pytest.param(lambda r: Conv2d(2, 4, 3, groups=2, rng=r), 2, id="conv2d-direct"),
+    pytest.param(lambda r: Sequential(Conv2d(1, 4, 3, rng=r)), 1, id="nested"),
+    pytest.param(lambda r: ReLU(), 1, id="no-params"),
+])
+def test_backward_params_gives_the_parameter_gradients_of_backward(first, in_ch, rng):
+    """backward_params (what the Trainer calls) skips the input gradient, nothing else."""
+    models = [Sequential(first(np.random.default_rng(0)), Tanh(), Flatten()).astype(np.float64)
+              for _ in range(2)]
+    x = rng.standard_normal((3, in_ch, 6, 7))
+    g = rng.standard_normal(models[0].forward(x).shape)
+    models[1].forward(x)
+    assert models[0].backward(g).shape == x.shape
+    assert models[1].backward_params(g) is None
+    for (name, p0), (_, p1) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        assert p0.grad.any(), name
+        np.testing.assert_array_equal(p0.grad, p1.grad, err_msg=name)
+
+
 def test_parameter_gradients_accumulate_until_zero_grad(rng):
     layer = Linear(3, 2, rng=0).astype(np.float64)
     x, g = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))

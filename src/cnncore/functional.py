@@ -271,8 +271,9 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads):
     return y
 
 
-def _winograd_backward(grad_out, x, weight, padding, n_threads):
-    """Input and weight gradients of a convolution that :func:`_use_winograd` accepts."""
+def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x):
+    """Input (None unless ``need_grad_x``) and weight gradients of a convolution that
+    :func:`_use_winograd` accepts."""
     n, c = x.shape[:2]
     c_out = weight.shape[0]
     out_hw = grad_out.shape[2:]
@@ -292,6 +293,8 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads):
         _conv.sum_chunks(du_part.reshape(n_chunks, -1), du.reshape(-1), n_threads)
     grad_weight = np.empty_like(weight)
     _winograd.untransform_weight_grad(du, grad_weight, n_threads)
+    if not need_grad_x:
+        return None, grad_weight
     # dx = full correlation of dy with the flipped kernel, channels swapped: a 3x3
     # stride-1 convolution with padding 2 - p, whose output has the size of x.
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
@@ -325,21 +328,25 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    n_threads=None):
+                    n_threads=None, need_grad_x=True):
     """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    ``need_grad_x=False`` skips the input gradient (a network's first layer has no use for
+    it; PyTorch skips it too when the input does not require grad) and returns None in its
+    place.
 
     Returns
     -------
-    grad_x : ndarray, shape of ``x``
+    grad_x : ndarray, shape of ``x`` (None if ``need_grad_x`` is false)
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
     return _conv_backward("conv2d_backward", grad_out, x, weight, stride, padding, dilation,
-                          groups, n_threads)
+                          groups, n_threads, need_grad_x=need_grad_x)
 
 
 def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups, n_threads,
-                   one_d=False):
+                   one_d=False, need_grad_x=True):
     x, weight, _, grad_out, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                                groups, grad_out=grad_out, one_d=one_d)
     n, c = x.shape[:2]
@@ -350,31 +357,34 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     # Fixed batch chunks for the weight gradient: their number depends on shapes only.
     n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
     n_threads = _threads(n_threads, where, n * c if direct else n_chunks, flops)
-    grad_x = np.empty_like(x)
+    need_grad_x = bool(need_grad_x)
+    # Without grad_x the kernels get a 1-element stand-in they never write.
+    grad_x = np.empty_like(x) if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)
     grad_bias = np.empty(c_out, dtype=x.dtype)
     if n == 0:
-        return grad_x, np.zeros_like(weight), np.zeros_like(grad_bias)
+        return (grad_x if need_grad_x else None), np.zeros_like(weight), np.zeros_like(grad_bias)
     _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
     if direct:
         grad_weight = np.empty_like(weight)
         _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
-                              *geo.kernel_args()[:-1], n_threads)
-        return grad_x, grad_weight, grad_bias
+                              *geo.kernel_args()[:-1], need_grad_x, n_threads)
+        return (grad_x if need_grad_x else None), grad_weight, grad_bias
     if _use_winograd(geo, c, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS_BACKWARD):
-        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads), grad_bias)
+        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x),
+                grad_bias)
     # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
     dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
                _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
     work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
     with _one_blas_thread():
         _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
-                              *geo.kernel_args(), True, n_threads)
+                              *geo.kernel_args(), need_grad_x, n_threads)
     if n_chunks == 1:
         grad_weight = dw_part[0]
     else:
         grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
         _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
-    return grad_x, grad_weight.reshape(weight.shape), grad_bias
+    return (grad_x if need_grad_x else None), grad_weight.reshape(weight.shape), grad_bias
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
@@ -387,13 +397,14 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
 
 
 def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    n_threads=None):
-    """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``."""
+                    n_threads=None, need_grad_x=True):
+    """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``; ``grad_x`` is None
+    with ``need_grad_x=False``, as in :func:`conv2d_backward`."""
     where = "conv1d_backward"
     s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
     gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
-                                one_d=True)
-    return gx[:, :, 0, :], gw[:, :, 0, :], gb
+                                one_d=True, need_grad_x=need_grad_x)
+    return (None if gx is None else gx[:, :, 0, :]), gw[:, :, 0, :], gb
 
 
 # ----------------------------------------------------------------------------- pooling

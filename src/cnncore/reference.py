@@ -58,8 +58,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    n_threads=None):
-    """Gradients of :func:`conv2d`: returns ``(grad_x, grad_weight, grad_bias)``."""
+                    n_threads=None, need_grad_x=True):
+    """Gradients of :func:`conv2d`: returns ``(grad_x, grad_weight, grad_bias)``, with None
+    for ``grad_x`` if ``need_grad_x`` is false."""
     k, s, p, d, o = _conv_geometry(x, weight, stride, padding, dilation, "conv2d_backward")
     n, c, h, w = x.shape
     c_out = weight.shape[0]
@@ -69,6 +70,8 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     win = _windows(xp, k, s, d, o).reshape(n, g, cg, o[0], o[1], k[0], k[1])
     grad_weight = np.einsum("ngohw,ngchwij->gocij", dy, win, optimize=True)
     grad_bias = grad_out.sum(axis=(0, 2, 3))
+    if not need_grad_x:
+        return None, grad_weight.reshape(weight.shape).astype(x.dtype), grad_bias.astype(x.dtype)
     # Each kernel tap (i, j) sends dy back to the input pixels it read.
     wg = weight.reshape(g, og, cg, k[0], k[1])
     dxp = np.zeros_like(xp)
@@ -92,12 +95,14 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
 
 
 def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    n_threads=None):
-    """Gradients of :func:`conv1d`: returns ``(grad_x, grad_weight, grad_bias)``."""
+                    n_threads=None, need_grad_x=True):
+    """Gradients of :func:`conv1d`: returns ``(grad_x, grad_weight, grad_bias)``, with None
+    for ``grad_x`` if ``need_grad_x`` is false."""
     s, p, d = conv1d_as_2d(stride, padding, dilation, where="conv1d_backward")
     gx, gw, gb = conv2d_backward(grad_out[:, :, None, :], x[:, :, None, :],
-                                 weight[:, :, None, :], s, p, d, groups)
-    return gx[:, :, 0, :], gw[:, :, 0, :], gb
+                                 weight[:, :, None, :], s, p, d, groups,
+                                 need_grad_x=need_grad_x)
+    return (None if gx is None else gx[:, :, 0, :]), gw[:, :, 0, :], gb
 
 
 # ----------------------------------------------------------------------------- pooling

@@ -242,7 +242,8 @@ class Trainer:
                             f"loss is {loss} at epoch {epoch + 1}, batch {b + 1}/{n_batches} "
                             f"(step {self.global_step + 1}); lower the learning rate or check "
                             "the inputs for NaN/Inf")
-                    self.model.backward(self.loss.backward())
+                    # the inputs need no gradient: the first layer may skip it
+                    self.model.backward_params(self.loss.backward())
                     self.optimizer.step()
                     self.global_step += 1
                     m = len(xb)

@@ -112,13 +112,15 @@ def backward(const floating[:, :, :, ::1] dy,   # IN  (N, C_out, Ho, Wo)
              const floating[:, :, :, ::1] w,    # IN  (C_out, 1, kh, kw)
              floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
              floating[:, :, :, ::1] dw,         # OUT (C_out, 1, kh, kw)
-             int sh, int sw, int ph, int pw, int dh, int dw_, int n_threads):
+             int sh, int sw, int ph, int pw, int dh, int dw_, bint need_dx, int n_threads):
+    """Weight gradient into ``dw`` and, if ``need_dx``, input gradient into ``dx``."""
     cdef Plane g = _plane(x.shape[2], x.shape[3], dy.shape[2], dy.shape[3], w.shape[2],
                           w.shape[3], sh, sw, ph, pw, dh, dw_)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], C_out = w.shape[0]
     cdef Py_ssize_t og = C_out // C, P = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t t, n, c, o
-    for t in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+    for t in prange(N * C if need_dx else 0, nogil=True, schedule='static',
+                    num_threads=n_threads):
         n = t // C
         c = t % C
         _backward_input_plane(&g, &dy[n, c * og, 0, 0], &w[c * og, 0, 0, 0], og, P,

@@ -114,7 +114,8 @@ def functional_step(F, params, x, labels, lr=LR, n_threads=None):
         g, grads["w2"], grads["b2"] = F.conv2d_backward(g, q1, p["w2"], 1, 0, n_threads=t)
         g = F.max_pool2d_backward(g, a1, 2, 2, indices=i1, n_threads=t)
         g = F.relu_backward(g, z1, n_threads=t)
-        _, grads["w1"], grads["b1"] = F.conv2d_backward(g, x, p["w1"], 1, 2, n_threads=t)
+        _, grads["w1"], grads["b1"] = F.conv2d_backward(g, x, p["w1"], 1, 2, n_threads=t,
+                                                        need_grad_x=False)  # as torch
         # SGD
         for name, grad in grads.items():
             p[name] -= lr * grad
@@ -167,7 +168,7 @@ def layers_step(L, F, params, x, labels, lr=LR):
             q.grad.fill(0)
         logits = model.forward(x)
         loss, g = F.softmax_cross_entropy(logits, labels)
-        model.backward(g)
+        model.backward_params(g)  # no input gradient, as in torch
         for q in plist:
             q.data -= lr * q.grad
         return float(loss)

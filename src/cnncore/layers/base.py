@@ -152,6 +152,12 @@ class Layer:
         parameters' ``grad`` and return dL/d(input)."""
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def backward_params(self, grad_out):
+        """As :meth:`backward`, for a layer whose input needs no gradient (the first layer
+        of the model being trained): add dL/d(parameters) and return None. Layers that can
+        skip the input gradient (convolutions) do; the default calls :meth:`backward`."""
+        self.backward(grad_out)
+
     def __call__(self, x):
         return self.forward(x)
 

@@ -80,6 +80,13 @@ class Sequential(_Container):
             grad_out = layer.backward(grad_out)
         return grad_out
 
+    def backward_params(self, grad_out):
+        if not self._layers:
+            return
+        for layer in self._layers[:0:-1]:  # all but the first, last to second
+            grad_out = layer.backward(grad_out)
+        self._layers[0].backward_params(grad_out)
+
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for layer in self._layers:

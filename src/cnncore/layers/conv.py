@@ -143,10 +143,17 @@ class Conv2d(_ConvNd):
         return y
 
     def backward(self, grad_out):
+        return self._backward(grad_out, True)
+
+    def backward_params(self, grad_out):
+        self._backward(grad_out, False)  # no input gradient: one kernel pass less
+
+    def _backward(self, grad_out, need_grad_x):
         if self._x is None:
             raise self._backward_before_forward()
         gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride,
-                                       self._pad, self.dilation, self.groups)
+                                       self._pad, self.dilation, self.groups,
+                                       need_grad_x=need_grad_x)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -168,10 +175,17 @@ class Conv1d(_ConvNd):
         return y
 
     def backward(self, grad_out):
+        return self._backward(grad_out, True)
+
+    def backward_params(self, grad_out):
+        self._backward(grad_out, False)
+
+    def _backward(self, grad_out, need_grad_x):
         if self._x is None:
             raise self._backward_before_forward()
         gx, gw, gb = F.conv1d_backward(grad_out, self._x, self.weight.data, self.stride[0],
-                                       self._pad[0], self.dilation[0], self.groups)
+                                       self._pad[0], self.dilation[0], self.groups,
+                                       need_grad_x=need_grad_x)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
