@@ -102,14 +102,55 @@ cdef void _max_pool_plane_backward(const Window* g, const floating* dy, const fl
             dx[a] = dx[a] + dy[oh * g.Wo + ow]
 
 
+cdef void _max_pool_plane_2x2(Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, const floating* x,
+                              floating* y, int64_t* idx) noexcept nogil:
+    """The common 2x2, stride-2, unpadded case (e.g. LeNet's pools), without the general
+    kernel's per-tap window arithmetic, which costs more than the maxima on small planes.
+    Taps 0..3 in row-major order through cnn_max_row_arg (selects, not branches: ReLU
+    outputs make ties common); same tie and NaN rules. idx may be NULL."""
+    cdef Py_ssize_t oh, ow, k, c0, c1
+    cdef Py_ssize_t n_chunks = (Wo + CHUNK - 1) // CHUNK
+    cdef floating* row
+    cdef const floating* r0
+    cdef int32_t tap[CHUNK]
+    cdef Py_ssize_t offset[4]
+    offset[0] = 0
+    offset[1] = 1
+    offset[2] = W
+    offset[3] = W + 1
+    for oh in range(Ho):
+        for k in range(n_chunks):
+            c0 = k * CHUNK
+            c1 = c0 + CHUNK if c0 + CHUNK < Wo else Wo
+            row = y + oh * Wo + c0
+            r0 = x + 2 * oh * W + 2 * c0
+            for ow in range(c1 - c0):  # tap (0, 0) starts the running max
+                row[ow] = r0[2 * ow]
+                tap[ow] = 0
+            _max_row_arg(row, tap, r0 + 1, c1 - c0, 2, 1)
+            _max_row_arg(row, tap, r0 + W, c1 - c0, 2, 2)
+            _max_row_arg(row, tap, r0 + W + 1, c1 - c0, 2, 3)
+            if idx != NULL:
+                for ow in range(c0, c1):
+                    idx[oh * Wo + ow] = 2 * oh * W + 2 * ow + offset[tap[ow - c0]]
+
+
+cdef inline bint _is_2x2(const Window* g) noexcept nogil:
+    return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
+
+
 def max_pool2d_forward(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
                        floating[:, :, ::1] y,        # OUT (N*C, Ho, Wo)
                        int kh, int kw, int sh, int sw, int ph, int pw, int n_threads):
     cdef Window g = _window(x.shape[1], x.shape[2], y.shape[1], y.shape[2], kh, kw, sh, sw,
                             ph, pw)
     cdef Py_ssize_t p
+    cdef bint two = _is_2x2(&g)
     for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _max_pool_plane(&g, &x[p, 0, 0], &y[p, 0, 0])
+        if two:
+            _max_pool_plane_2x2(g.W, g.Ho, g.Wo, &x[p, 0, 0], &y[p, 0, 0], NULL)
+        else:
+            _max_pool_plane(&g, &x[p, 0, 0], &y[p, 0, 0])
 
 
 def max_pool2d_backward(const floating[:, :, ::1] dy,  # IN  (N*C, Ho, Wo)
@@ -182,8 +223,12 @@ def max_pool2d_forward_indices(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
     cdef Window g = _window(x.shape[1], x.shape[2], y.shape[1], y.shape[2], kh, kw, sh, sw,
                             ph, pw)
     cdef Py_ssize_t p
+    cdef bint two = _is_2x2(&g)
     for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
-        _max_pool_plane_indices(&g, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
+        if two:
+            _max_pool_plane_2x2(g.W, g.Ho, g.Wo, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
+        else:
+            _max_pool_plane_indices(&g, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
 
 
 def max_pool2d_backward_indices(const floating[:, ::1] dy,  # IN  (N*C, Ho*Wo)
