@@ -89,6 +89,17 @@ cdef struct Tiles:
     Py_ssize_t nb, T               # samples per block; tiles per block (nb * TH * TW)
 
 
+cdef Tiles _tiles(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O, Py_ssize_t Ho,
+                  Py_ssize_t Wo, int ph, int pw, int nb):
+    cdef Tiles g
+    g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw = C, H, W, O, Ho, Wo, ph, pw
+    g.TH, g.TW = (Ho + 1) // 2, (Wo + 1) // 2
+    g.Hp, g.Wp = 2 * g.TH + 2, 2 * g.TW + 2
+    g.nb = nb
+    g.T = nb * g.TH * g.TW
+    return g
+
+
 cdef void _pad_sample(const Tiles* g, const floating* x, floating* xp) noexcept nogil:
     """Copy one (C, H, W) sample into the zero-padded (C, Hp, Wp) plane stack ``xp``, with
     the image at offset (ph, pw); Hp = 2*TH + 2 and Wp = 2*TW + 2 cover every tile. Each
@@ -183,14 +194,8 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C_in, H, W)
             int ph, int pw, int nb, int n_threads):
     """3x3 stride-1 convolution of x with the transformed weights U; blocks of ``nb``
     samples are split over ``n_threads`` threads."""
-    cdef Tiles g
-    g.C, g.H, g.W = x.shape[1], x.shape[2], x.shape[3]
-    g.O, g.Ho, g.Wo = y.shape[1], y.shape[2], y.shape[3]
-    g.ph, g.pw = ph, pw
-    g.TH, g.TW = (g.Ho + 1) // 2, (g.Wo + 1) // 2
-    g.Hp, g.Wp = 2 * g.TH + 2, 2 * g.TW + 2
-    g.nb = nb
-    g.T = nb * g.TH * g.TW
+    cdef Tiles g = _tiles(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
+                          y.shape[3], ph, pw, nb)
     cdef Py_ssize_t N = x.shape[0], n_blocks = (N + nb - 1) // nb
     cdef Py_ssize_t blk, n1, tid = 0
     cdef bint has_bias = bias.shape[0] > 0
@@ -289,14 +294,8 @@ def weight_grad(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
     """Transformed weight gradient of each of ``n_chunks = dU_part.shape[0]`` fixed batch
     chunks (chunk c: samples [c*N//n_chunks, (c+1)*N//n_chunks)); add them in chunk order
     (conv.sum_chunks) and map back with :func:`untransform_weight_grad`."""
-    cdef Tiles g
-    g.C, g.H, g.W = x.shape[1], x.shape[2], x.shape[3]
-    g.O, g.Ho, g.Wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    g.ph, g.pw = ph, pw
-    g.TH, g.TW = (g.Ho + 1) // 2, (g.Wo + 1) // 2
-    g.Hp, g.Wp = 2 * g.TH + 2, 2 * g.TW + 2
-    g.nb = nb
-    g.T = nb * g.TH * g.TW
+    cdef Tiles g = _tiles(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2],
+                          dy.shape[3], ph, pw, nb)
     cdef Py_ssize_t N = x.shape[0], n_chunks = dU_part.shape[0]
     cdef Py_ssize_t chunk, tid = 0
     cdef floating* buf = NULL
