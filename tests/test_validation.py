@@ -350,6 +350,30 @@ def test_int_conv2d_with_int_weight_is_float32(rng):
     np.testing.assert_array_equal(y, R.conv2d(x.astype(np.float64), w.astype(np.float64)))
 
 
+def _missing_grad_out_calls():
+    x = np.ones((2, 3, 4, 4), np.float32)
+    w = np.ones((2, 3, 3, 3), np.float32)
+    idx = F.max_pool2d(x, 2, return_indices=True)[1]
+    return {
+        "conv2d_backward": lambda: F.conv2d_backward(None, x, w),
+        "conv1d_backward": lambda: F.conv1d_backward(None, x[:, :, 0], w[:, :, 0]),
+        "max_pool2d_backward": lambda: F.max_pool2d_backward(None, x, 2, indices=idx),
+        "avg_pool2d_backward": lambda: F.avg_pool2d_backward(None, x, 2),
+        "global_avg_pool2d_backward": lambda: F.global_avg_pool2d_backward(None, x),
+        "relu_backward": lambda: F.relu_backward(None, x),
+        "leaky_relu_backward": lambda: F.leaky_relu_backward(None, x),
+        "sigmoid_backward": lambda: F.sigmoid_backward(None, x),
+        "tanh_backward": lambda: F.tanh_backward(None, x),
+        "linear_backward": lambda: F.linear_backward(None, x[:, :, 0, 0], w[:, :, 0, 0]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_missing_grad_out_calls()))
+def test_backward_without_grad_out_is_a_named_type_error(name):
+    with pytest.raises(TypeError, match=f"^{name}: grad_out is required"):
+        _missing_grad_out_calls()[name]()
+
+
 def test_int_grad_out_in_backward(rng):
     x = rng.standard_normal((2, 3, 5, 5))
     w = rng.standard_normal((4, 3, 3, 3))

@@ -21,6 +21,12 @@ def _kind_error(where, name, dtype):
                      f"are cast), got dtype {dtype}")
 
 
+def check_given(where, name, a):
+    """Raise a TypeError naming ``where`` if the required array ``name`` is None."""
+    if a is None:
+        raise TypeError(f"{where}: {name} is required (an array), got None")
+
+
 def float_arrays(where, **arrays):
     """Return the arrays (``None`` passes through) as C-contiguous arrays of one float dtype."""
     converted, float_dtype, first_name = {}, None, None

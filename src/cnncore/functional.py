@@ -30,8 +30,8 @@ from threadpoolctl import ThreadpoolController
 
 from ._api import KERNELS, NORM_KERNELS
 from ._args import conv1d_as_2d, conv_padding, out_size, pair, pool_geometry
-from ._checks import (check_blas_size, check_int, check_ndim, check_shape, float_arrays,
-                      index_array)
+from ._checks import (check_blas_size, check_given, check_int, check_ndim, check_shape,
+                      float_arrays, index_array)
 from ._config import resolve_threads
 from ._kernels import activations as _act
 from ._kernels import conv as _conv
@@ -341,6 +341,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
+    check_given("conv2d_backward", "grad_out", grad_out)
     return _conv_backward("conv2d_backward", grad_out, x, weight, stride, padding, dilation,
                           groups, n_threads, need_grad_x=need_grad_x)
 
@@ -400,6 +401,7 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
                     n_threads=None, need_grad_x=True):
     """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``; ``grad_x`` is None
     with ``need_grad_x=False``, as in :func:`conv2d_backward`."""
+    check_given("conv1d_backward", "grad_out", grad_out)
     where = "conv1d_backward"
     s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
     gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
@@ -486,6 +488,7 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, indice
         ValueError (nothing is written out of bounds); other indices are trusted.
         Both paths give the same bits.
     """
+    check_given("max_pool2d_backward", "grad_out", grad_out)
     where = "max_pool2d_backward"
     if indices is None:
         x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
@@ -526,6 +529,7 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
                         count_include_pad=True, n_threads=None):
     """Gradient of :func:`avg_pool2d`: each output gradient is spread evenly over its
     window; overlapping windows add up."""
+    check_given("avg_pool2d_backward", "grad_out", grad_out)
     where = "avg_pool2d_backward"
     x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
     grad_x = np.empty_like(x)
@@ -551,6 +555,7 @@ def global_avg_pool2d(x, n_threads=None):
 
 def global_avg_pool2d_backward(grad_out, x, n_threads=None):
     """Gradient of :func:`global_avg_pool2d`: every pixel gets ``grad_out[n, c] / (H*W)``."""
+    check_given("global_avg_pool2d_backward", "grad_out", grad_out)
     where = "global_avg_pool2d_backward"
     grad_out, x = float_arrays(where, grad_out=grad_out, x=x)
     check_ndim(where, "x", x, 4, "(N, C, H, W)")
@@ -585,6 +590,7 @@ def relu(x, n_threads=None):
 
 def relu_backward(grad_out, x, n_threads=None):
     """``grad_out`` where ``x > 0``, else 0."""
+    check_given("relu_backward", "grad_out", grad_out)
     return _elementwise("relu_backward", _act.leaky_relu_backward, x, 0.0, grad_out=grad_out,
                         n_threads=n_threads)
 
@@ -604,6 +610,7 @@ def leaky_relu(x, negative_slope=0.01, n_threads=None):
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
     """``grad_out`` where ``x > 0``, else ``negative_slope * grad_out``."""
+    check_given("leaky_relu_backward", "grad_out", grad_out)
     where = "leaky_relu_backward"
     return _elementwise(where, _act.leaky_relu_backward, x, _slope(where, negative_slope),
                         grad_out=grad_out, n_threads=n_threads)
@@ -616,6 +623,7 @@ def sigmoid(x, n_threads=None):
 
 def sigmoid_backward(grad_out, x, n_threads=None):
     """``grad_out * s * (1 - s)`` with ``s = sigmoid(x)``."""
+    check_given("sigmoid_backward", "grad_out", grad_out)
     return _elementwise("sigmoid_backward", _act.sigmoid_backward, x, grad_out=grad_out,
                         n_threads=n_threads)
 
@@ -627,6 +635,7 @@ def tanh(x, n_threads=None):
 
 def tanh_backward(grad_out, x, n_threads=None):
     """``grad_out * (1 - tanh(x)^2)``."""
+    check_given("tanh_backward", "grad_out", grad_out)
     return _elementwise("tanh_backward", _act.tanh_backward, x, grad_out=grad_out,
                         n_threads=n_threads)
 
@@ -677,6 +686,7 @@ def linear(x, weight, bias=None, n_threads=None):
 
 def linear_backward(grad_out, x, weight, n_threads=None):
     """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
+    check_given("linear_backward", "grad_out", grad_out)
     where = "linear_backward"
     x, weight, _, grad_out = _linear_inputs(where, x, weight, grad_out=grad_out)
     grad_x = np.empty_like(x)
