@@ -359,33 +359,35 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     n_chunks = max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * x.itemsize)))
     n_threads = _threads(n_threads, where, n * c if direct else n_chunks, flops)
     need_grad_x = bool(need_grad_x)
-    # Without grad_x the kernels get a 1-element stand-in they never write.
-    grad_x = np.empty_like(x) if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)
     grad_bias = np.empty(c_out, dtype=x.dtype)
     if n == 0:
-        return (grad_x if need_grad_x else None), np.zeros_like(weight), np.zeros_like(grad_bias)
+        return (np.empty_like(x) if need_grad_x else None, np.zeros_like(weight),
+                np.zeros_like(grad_bias))
     _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
-    if direct:
-        grad_weight = np.empty_like(weight)
-        _conv_direct.backward(grad_out, x, weight, grad_x, grad_weight,
-                              *geo.kernel_args()[:-1], need_grad_x, n_threads)
-        return (grad_x if need_grad_x else None), grad_weight, grad_bias
     if _use_winograd(geo, c, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS_BACKWARD):
         return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x),
                 grad_bias)
+    grad_x = np.empty_like(x) if need_grad_x else None
+    # Without grad_x the kernels get a 1-element stand-in they never write.
+    dx = grad_x if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)
+    if direct:
+        grad_weight = np.empty_like(weight)
+        _conv_direct.backward(grad_out, x, weight, dx, grad_weight,
+                              *geo.kernel_args()[:-1], need_grad_x, n_threads)
+        return grad_x, grad_weight, grad_bias
     # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
     dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
                _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
     work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
     with _one_blas_thread():
-        _conv.conv2d_backward(grad_out, x, weight, grad_x, dw_part, work,
+        _conv.conv2d_backward(grad_out, x, weight, dx, dw_part, work,
                               *geo.kernel_args(), need_grad_x, n_threads)
     if n_chunks == 1:
         grad_weight = dw_part[0]
     else:
         grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
         _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
-    return (grad_x if need_grad_x else None), grad_weight.reshape(weight.shape), grad_bias
+    return grad_x, grad_weight.reshape(weight.shape), grad_bias
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
@@ -401,8 +403,8 @@ def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
                     n_threads=None, need_grad_x=True):
     """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``; ``grad_x`` is None
     with ``need_grad_x=False``, as in :func:`conv2d_backward`."""
-    check_given("conv1d_backward", "grad_out", grad_out)
     where = "conv1d_backward"
+    check_given(where, "grad_out", grad_out)
     s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
     gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
                                 one_d=True, need_grad_x=need_grad_x)
@@ -488,8 +490,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, indice
         ValueError (nothing is written out of bounds); other indices are trusted.
         Both paths give the same bits.
     """
-    check_given("max_pool2d_backward", "grad_out", grad_out)
     where = "max_pool2d_backward"
+    check_given(where, "grad_out", grad_out)
     if indices is None:
         x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
         grad_x = np.empty_like(x)
@@ -529,8 +531,8 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0,
                         count_include_pad=True, n_threads=None):
     """Gradient of :func:`avg_pool2d`: each output gradient is spread evenly over its
     window; overlapping windows add up."""
-    check_given("avg_pool2d_backward", "grad_out", grad_out)
     where = "avg_pool2d_backward"
+    check_given(where, "grad_out", grad_out)
     x, grad_out, args, _ = _pool_inputs(where, x, kernel_size, stride, padding, grad_out)
     grad_x = np.empty_like(x)
     if x.size:
@@ -555,8 +557,8 @@ def global_avg_pool2d(x, n_threads=None):
 
 def global_avg_pool2d_backward(grad_out, x, n_threads=None):
     """Gradient of :func:`global_avg_pool2d`: every pixel gets ``grad_out[n, c] / (H*W)``."""
-    check_given("global_avg_pool2d_backward", "grad_out", grad_out)
     where = "global_avg_pool2d_backward"
+    check_given(where, "grad_out", grad_out)
     grad_out, x = float_arrays(where, grad_out=grad_out, x=x)
     check_ndim(where, "x", x, 4, "(N, C, H, W)")
     check_shape(where, "grad_out", grad_out, x.shape[:2])
@@ -610,8 +612,8 @@ def leaky_relu(x, negative_slope=0.01, n_threads=None):
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
     """``grad_out`` where ``x > 0``, else ``negative_slope * grad_out``."""
-    check_given("leaky_relu_backward", "grad_out", grad_out)
     where = "leaky_relu_backward"
+    check_given(where, "grad_out", grad_out)
     return _elementwise(where, _act.leaky_relu_backward, x, _slope(where, negative_slope),
                         grad_out=grad_out, n_threads=n_threads)
 
@@ -686,8 +688,8 @@ def linear(x, weight, bias=None, n_threads=None):
 
 def linear_backward(grad_out, x, weight, n_threads=None):
     """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
-    check_given("linear_backward", "grad_out", grad_out)
     where = "linear_backward"
+    check_given(where, "grad_out", grad_out)
     x, weight, _, grad_out = _linear_inputs(where, x, weight, grad_out=grad_out)
     grad_x = np.empty_like(x)
     grad_weight = np.zeros_like(weight)

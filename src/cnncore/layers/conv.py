@@ -108,6 +108,11 @@ class _ConvNd(WeightedLayer):
     def _bias_data(self):
         return None if self.bias is None else self.bias.data
 
+    def backward(self, grad_out):
+        return self._backward(grad_out, True)
+
+    def backward_params(self, grad_out):
+        self._backward(grad_out, False)  # no input gradient: one kernel pass less
 
 class Conv2d(_ConvNd):
     """2-D convolution (cross-correlation) over ``(N, C_in, H, W)`` inputs.
@@ -142,12 +147,6 @@ class Conv2d(_ConvNd):
         self._x = x
         return y
 
-    def backward(self, grad_out):
-        return self._backward(grad_out, True)
-
-    def backward_params(self, grad_out):
-        self._backward(grad_out, False)  # no input gradient: one kernel pass less
-
     def _backward(self, grad_out, need_grad_x):
         if self._x is None:
             raise self._backward_before_forward()
@@ -173,12 +172,6 @@ class Conv1d(_ConvNd):
                      self.dilation[0], self.groups)
         self._x = x
         return y
-
-    def backward(self, grad_out):
-        return self._backward(grad_out, True)
-
-    def backward_params(self, grad_out):
-        self._backward(grad_out, False)
 
     def _backward(self, grad_out, need_grad_x):
         if self._x is None:
