@@ -27,7 +27,7 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
 KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "winograd", "pool", "activations",
-           "dense"]
+           "dense", "_memory"]
 OPT_FLAGS = ["-O3"]
 
 
@@ -102,10 +102,13 @@ def extensions():
         Extension(
             f"cnncore._kernels.{name}",
             [f"src/cnncore/_kernels/{name}.pyx"],
+            depends=sorted(str(h) for h in Path("csrc").glob("*.h")),  # rebuild on C edits
             include_dirs=[np.get_include(), "csrc"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+            # NumPy's data-allocator API (PyDataMem_SetHandler, used by _memory) is 1.22+.
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
+                           ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
         )
         for name in KERNELS
     ]

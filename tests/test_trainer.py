@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from cnncore import set_num_threads
+from cnncore import memory_pool, set_num_threads
 from cnncore import trainer as trainer_module
 from cnncore.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger,
                                LearningRateScheduler, ModelCheckpoint)
@@ -110,6 +110,53 @@ def test_same_seed_bit_identical_different_seed_differs():
         runs.append(weights(t.model))
     assert_bit_identical(runs[0], runs[1])
     assert any(not np.array_equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+class _AllocatorSpy(Callback):
+    def __init__(self):
+        self.names = []
+
+    def on_batch_end(self, trainer, batch, logs):
+        self.names.append(_handler_name())
+
+
+def _handler_name():
+    core = np._core if hasattr(np, "_core") else np.core
+    return core.multiarray.get_handler_name()
+
+
+@pytest.mark.parametrize("pool, expected", [(True, "cnncore_pool"), (False, None)])
+def test_fit_runs_inside_a_memory_pool_unless_disabled(pool, expected):
+    x, y = toy_data(32)
+    model = toy_model(3)
+    t = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.01),
+                memory_pool=pool)
+    spy = _AllocatorSpy()
+    before = _handler_name()
+    t.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[spy])
+    assert spy.names == [expected or before] * 2
+    assert _handler_name() == before
+
+
+def test_memory_pool_does_not_change_results():
+    x, y = toy_data()
+    runs, pools = [], []
+    for pool in (False, True, memory_pool(max_bytes=0)):
+        model = toy_model(5)
+        t = Trainer(model, SoftmaxCrossEntropy(), Adam(model.parameters(), lr=0.01),
+                    memory_pool=pool)
+        t.fit(x, y, epochs=2, batch_size=16, seed=0, verbose=0)
+        runs.append(weights(t.model))
+        pools.append(pool)
+    assert_bit_identical(runs[0], runs[1])
+    assert_bit_identical(runs[0], runs[2])
+    assert pools[2].stats()["releases"] > 0  # max_bytes=0: nothing was ever cached
+
+
+def test_memory_pool_argument_is_checked():
+    model = toy_model()
+    with pytest.raises(TypeError, match="memory_pool must be True, False or a"):
+        Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), memory_pool=1)
 
 
 def _scheduler():

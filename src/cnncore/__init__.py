@@ -14,6 +14,7 @@ from ._info import config, show_config
 from ._version import __version__
 from . import callbacks, layers, losses, model, optim, serialization, trainer
 from .layers import Sequential
+from .memory import memory_pool
 from .model import lenet5, summary
 from .serialization import load, load_checkpoint, save
 from .trainer import Trainer, TrainingDiverged
@@ -23,5 +24,5 @@ __all__ = [
     "show_config", "__version__",
     "callbacks", "layers", "losses", "model", "optim", "serialization", "trainer",
     "Sequential", "lenet5", "summary", "load", "load_checkpoint", "save", "Trainer",
-    "TrainingDiverged",
+    "TrainingDiverged", "memory_pool",
 ]

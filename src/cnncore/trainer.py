@@ -9,12 +9,14 @@ run gives bit-identical weights; a run resumed from a checkpoint (``save_checkpo
 ``from_checkpoint``) continues exactly as if it had not stopped.
 """
 
+import contextlib
 import math
 import sys
 import time
 
 import numpy as np
 
+from . import memory as _memory
 from . import serialization
 from .callbacks import Callback, History
 from .layers.norm import generator_from_state, generator_state
@@ -106,6 +108,11 @@ class Trainer:
         Built on ``model.parameters()``.
     seed : int, optional
         Seed of the shuffling generator (``fit(seed=...)`` reseeds it).
+    memory_pool : bool or cnncore.memory_pool
+        ``fit`` runs inside a :class:`cnncore.memory_pool` (True, the default: freed arrays
+        are reused by the next step instead of being returned to the operating system and
+        faulted in again), inside the one given (e.g. ``cnncore.memory_pool(max_bytes=...)``),
+        or with NumPy's own allocator (False). Results are the same either way.
 
     Attributes
     ----------
@@ -117,13 +124,17 @@ class Trainer:
         Set by a callback to end ``fit`` after the current epoch.
     """
 
-    def __init__(self, model, loss, optimizer, seed=None):
+    def __init__(self, model, loss, optimizer, seed=None, memory_pool=True):
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a cnncore.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
             raise TypeError("Trainer: optimizer must be a cnncore.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
+        if not isinstance(memory_pool, (bool, _memory.memory_pool)):
+            raise TypeError("Trainer: memory_pool must be True, False or a "
+                            f"cnncore.memory_pool, got {type(memory_pool).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.memory_pool = memory_pool
         self.epoch = 0
         self.global_step = 0
         self.stop_training = False
@@ -192,6 +203,19 @@ class Trainer:
         TrainingDiverged
             When the loss becomes NaN or infinite (message names epoch and batch).
         """
+        with self._allocator():
+            return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed,
+                             callbacks, verbose, transform)
+
+    def _allocator(self):
+        if self.memory_pool is True:
+            return _memory.memory_pool()
+        if self.memory_pool is False:
+            return contextlib.nullcontext()
+        return self.memory_pool
+
+    def _fit(self, x, y, epochs, batch_size, validation_data, shuffle, seed, callbacks,
+             verbose, transform):
         x, y = self._check(x, y, "fit")
         if validation_data is not None:
             if len(validation_data) != 2:
