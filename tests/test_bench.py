@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cnncore
-from cnncore.bench import peak, shapes, timing
+from cnncore.bench import memory, peak, shapes, timing
 from cnncore.bench.__main__ import build_parser, settings_from_args
 
 # ----------------------------------------------------------------------------- FLOPs, bytes
@@ -154,6 +154,8 @@ def test_cli_arguments():
     assert "memory" in full.ops and full.memory_steps == 5
     assert s.memory_steps == 2
     assert settings_from_args(p.parse_args(["--smoke"])).memory_steps == 1
+    assert full.memory_pool is True
+    assert settings_from_args(p.parse_args(["--no-memory-pool"])).memory_pool is False
     with pytest.raises(ValueError):
         settings_from_args(p.parse_args(["--ops", "conv,bogus"]))
     with pytest.raises(ValueError):
@@ -242,9 +244,16 @@ def test_memory_rows(tmp_path):
     assert set(row["per_impl"]) == expected
     for impl, m in row["per_impl"].items():
         _check_memory_entry(m, impl, 8, 1)
+        assert m["memory_pool"] == (impl != "torch")  # NumPy steps run as Trainer.fit does
     losses = {m["first_loss"] for m in row["per_impl"].values()}
     assert max(losses) - min(losses) < 1e-4 * max(1.0, max(losses))  # same step everywhere
     if "torch" in row["per_impl"]:
         assert row["ratio_torch_total"]["cnncore"] > 0
         (summary,) = res["summary"]["memory"]
         assert summary["cnncore_total"] > 0 and summary["torch_total"] > 0
+
+
+def test_memory_child_without_the_pool():
+    m = memory.measure("cnncore", 8, steps=1, threads=1, memory_pool=False)
+    _check_memory_entry(m, "cnncore", 8, 1)
+    assert m["memory_pool"] is False

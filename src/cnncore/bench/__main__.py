@@ -63,6 +63,9 @@ def build_parser():
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     p.add_argument("--no-reference", action="store_true",
                    help="do not time the NumPy reference (it is slow on the big shapes)")
+    p.add_argument("--no-memory-pool", action="store_true",
+                   help="run the NumPy-based LeNet-5 steps with NumPy's own allocator "
+                        "instead of inside cnncore.memory_pool() (as Trainer.fit runs)")
     p.add_argument("--torch-backward", choices=("aten", "autograd"), default="aten",
                    help="how PyTorch's backward is timed: 'aten' calls the ATen backward "
                         "operators directly (default, the kernel-to-kernel comparison); "
@@ -147,7 +150,8 @@ def settings_from_args(args, parser=None):
         lenet_batches=batches, memory_steps=memory_steps, use_torch=not args.no_torch,
         use_reference=not args.no_reference, torch_backward=args.torch_backward,
         scaling=bool(scaling), scaling_repeats=max(1, min(3, repeats)), gemm_n=gemm_n,
-        mode=mode, mode_note=note, seed=args.seed, settle=0.0 if mode == "smoke" else 0.25)
+        mode=mode, mode_note=note, seed=args.seed, settle=0.0 if mode == "smoke" else 0.25,
+        memory_pool=not args.no_memory_pool)
 
 
 def _jsonable(obj):

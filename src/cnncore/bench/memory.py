@@ -78,8 +78,10 @@ def _reset_peak():
     return _status_kb("VmHWM") is not None
 
 
-def _build_step(impl, batch, threads, dtype, seed):
-    """The zero-argument step function of one implementation (imports happen here)."""
+def _build_step(impl, batch, threads, dtype, seed, memory_pool=True):
+    """The zero-argument step function of one implementation (imports happen here); the
+    NumPy-based ones run inside :class:`cnncore.memory_pool` for the rest of the process
+    when ``memory_pool``, as ``Trainer.fit`` runs them."""
     import numpy as np
 
     from . import lenet
@@ -93,6 +95,10 @@ def _build_step(impl, batch, threads, dtype, seed):
     import cnncore
     from .. import functional
     cnncore.set_num_threads(threads)
+    if memory_pool:
+        pool = cnncore.memory_pool()
+        pool.__enter__()  # never left: the process ends after the measurement
+        _KEEP.append(pool)
     if impl == "cnncore":
         return lenet.functional_step(functional, params, x, labels, n_threads=threads)
     if impl == "layers":
@@ -110,13 +116,13 @@ def _build_step(impl, batch, threads, dtype, seed):
     raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
 
 
-def measure_here(impl, batch, steps=5, threads=1, dtype="float32", seed=0):
+def measure_here(impl, batch, steps=5, threads=1, dtype="float32", seed=0, memory_pool=True):
     """Measure in this process (meant for a fresh one: see :func:`measure`); returns a dict
     of MB figures (``step_mb``, ``retained_mb``, ``total_mb``, ``tracemalloc_mb``, ...)."""
     from .timing import minor_faults
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    step = _build_step(impl, batch, threads, dtype, seed)
+    step = _build_step(impl, batch, threads, dtype, seed, memory_pool)
     linux = _status_kb("VmRSS") is not None
     rss_built = _status_kb("VmRSS") if linux else _maxrss_kb()
     loss = step()  # warm-up
@@ -134,7 +140,7 @@ def measure_here(impl, batch, steps=5, threads=1, dtype="float32", seed=0):
            "peak_mb": peak / _KB, "retained_mb": (rss_base - rss_built) / _KB,
            "step_mb": max(0.0, peak - rss_base) / _KB,
            "total_mb": max(0.0, peak - rss_built) / _KB, "faults_per_step": faults,
-           "tracemalloc_mb": None}
+           "tracemalloc_mb": None, "memory_pool": bool(memory_pool) and impl != "torch"}
     if impl != "torch":  # torch's allocator does not report to tracemalloc
         import tracemalloc
         tracemalloc.start()
@@ -167,12 +173,13 @@ def _child_env():
     return env
 
 
-def measure(impl, batch, steps=5, threads=1, dtype="float32", seed=0, timeout=600):
+def measure(impl, batch, steps=5, threads=1, dtype="float32", seed=0, timeout=600,
+            memory_pool=True):
     """Run :func:`measure_here` in a fresh ``python -m cnncore.bench.memory`` process and
     return its dict; raises RuntimeError with the child's error output if it fails."""
     cmd = [sys.executable, "-m", "cnncore.bench.memory", impl, str(batch),
            "--steps", str(steps), "--threads", str(threads), "--dtype", str(dtype),
-           "--seed", str(seed)]
+           "--seed", str(seed)] + ([] if memory_pool else ["--no-memory-pool"])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(),
                           timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -182,7 +189,8 @@ def measure(impl, batch, steps=5, threads=1, dtype="float32", seed=0, timeout=60
     return json.loads(lines[-1])
 
 
-def memory_row(batch, impls, steps, threads, dtype="float32", seed=0, warnings=None):
+def memory_row(batch, impls, steps, threads, dtype="float32", seed=0, warnings=None,
+               memory_pool=True):
     """One result row: ``{"group": "memory", "batch", "per_impl": {impl: dict},
     "ratio_torch": {impl: step_mb / torch's}, "ratio_torch_total": {impl: total_mb /
     torch's}}``. An implementation whose child fails is left out, with a message appended
@@ -190,7 +198,8 @@ def memory_row(batch, impls, steps, threads, dtype="float32", seed=0, warnings=N
     per = {}
     for impl in impls:
         try:
-            per[impl] = measure(impl, batch, steps, threads, dtype, seed)
+            per[impl] = measure(impl, batch, steps, threads, dtype, seed,
+                                memory_pool=memory_pool)
         except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
             if warnings is None:
                 raise
@@ -209,7 +218,8 @@ def memory_row(batch, impls, steps, threads, dtype="float32", seed=0, warnings=N
 
 
 def main(argv=None):
-    """``python -m cnncore.bench.memory IMPL BATCH [--steps N] [--threads N] [--dtype D]``:
+    """``python -m cnncore.bench.memory IMPL BATCH [--steps N] [--threads N] [--dtype D]
+    [--no-memory-pool]``:
     print :func:`measure_here`'s dict as one JSON line."""
     import argparse
     p = argparse.ArgumentParser(prog="python -m cnncore.bench.memory",
@@ -221,9 +231,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-memory-pool", action="store_true",
+                   help="NumPy's own allocator instead of cnncore.memory_pool()")
     args = p.parse_args(argv)
     print(json.dumps(measure_here(args.impl, args.batch, args.steps, args.threads,
-                                  args.dtype, args.seed)))
+                                  args.dtype, args.seed, not args.no_memory_pool)))
     return 0
 
 

@@ -190,6 +190,12 @@ def header_lines(res):
     blas = "; ".join(cfg.get("blas") or []) or "not found"
     lines.append(f"cnncore: OpenMP {omp}, BLAS {blas}")
     lines.append(f"  compiler: {cfg.get('compiler')} {' '.join(cfg.get('compile_flags') or [])}")
+    if s.get("memory_pool", True):
+        lines.append("  LeNet-5 steps of cnncore and the NumPy reference run inside "
+                     "cnncore.memory_pool(), as Trainer.fit does (--no-memory-pool: NumPy's "
+                     "allocator)")
+    else:
+        lines.append("  LeNet-5 steps use NumPy's own allocator (--no-memory-pool)")
     tinfo = res.get("torch")
     if tinfo:
         lines.append(f"torch: {tinfo['version']}, {tinfo['threads']} thread(s), "

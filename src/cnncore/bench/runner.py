@@ -5,6 +5,7 @@ their peak memory.
 printing the table as rows are measured.
 """
 
+import contextlib
 import copy
 import textwrap
 import time
@@ -49,6 +50,7 @@ class Settings:
     mode_note: str = ""
     seed: int = 0
     settle: float = 0.25
+    memory_pool: bool = True
 
     def as_dict(self):
         d = asdict(self)
@@ -189,9 +191,10 @@ class _Bench:
         for key, make in makers.items():
             try:
                 self.settle()
-                step = make(copy.deepcopy(params))
-                row["first_loss"][key] = step()  # same weights and data everywhere
-                summary, _ = self.time("reference" if key == "reference" else key, step)
+                with self.allocator(key):
+                    step = make(copy.deepcopy(params))
+                    row["first_loss"][key] = step()  # same weights and data everywhere
+                    summary, _ = self.time("reference" if key == "reference" else key, step)
             except Exception as exc:  # e.g. cnncore.layers still in progress
                 if key != "layers":
                     raise
@@ -218,6 +221,14 @@ class _Bench:
             row["speedup_reference"] = t["reference"]["median"] / t["cnncore"]["median"]
         return row
 
+    def allocator(self, key):
+        """NumPy-based steps run inside :class:`cnncore.memory_pool`, as ``Trainer.fit``
+        runs them (unless ``--no-memory-pool``); torch's allocator is its own."""
+        if key == "torch" or not self.s.memory_pool:
+            return contextlib.nullcontext()
+        from ..memory import memory_pool
+        return memory_pool()
+
     # ------------------------------------------------------------------ peak memory
     def memory(self, res):
         impls = ["cnncore"]
@@ -234,7 +245,8 @@ class _Bench:
         for batch in self.s.lenet_batches:
             self.settle()
             row = memory.memory_row(batch, impls, self.s.memory_steps, self.s.threads,
-                                    self.dtype.name, self.s.seed, warnings=self.warnings)
+                                    self.dtype.name, self.s.seed, warnings=self.warnings,
+                                    memory_pool=self.s.memory_pool)
             res["memory"].append(row)
             for line in report.memory_rows(row):
                 self.emit(line)
