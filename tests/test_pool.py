@@ -542,3 +542,22 @@ def test_global_avg_pool2d_gradcheck(rng):
     g = rng.standard_normal((2, 3))
     gx = F.global_avg_pool2d_backward(g, x)
     check_gradient(F.global_avg_pool2d, (x,), 0, gx, g)
+
+
+def test_pool_geometry_cache_keeps_checks():
+    """The parsed-geometry cache (one parse per distinct call) never caches a rejection,
+    tells 2 from 2.0 and True, and passes unhashable arguments to the normal checks."""
+    x = np.ones((1, 2, 6, 6), dtype=np.float32)
+    assert F.max_pool2d(x, 2).shape == (1, 2, 3, 3)
+    assert F.max_pool2d(x, [2, 2]).shape == F.max_pool2d(x, (2, 2)).shape == (1, 2, 3, 3)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, 2.0)
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, True)
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, np.array([2, 2]))
+        with pytest.raises(ValueError, match="at most half the kernel size"):
+            F.max_pool2d(x, 2, padding=2)
+        with pytest.raises(ValueError, match="grad_out must have shape"):
+            F.max_pool2d_backward(np.ones((1, 2, 2, 2), np.float32), x, 2)
