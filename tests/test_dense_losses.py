@@ -27,7 +27,10 @@ def assert_loss_scalar(loss, expected, dtype):
 # ----------------------------------------------------------------------------- linear
 
 LINEAR_SHAPES = [(1, 1, 1), (5, 3, 4), (13, 17, 9), (2, 64, 10), (7, 1, 5), (1, 10, 1),
-                 (32, 33, 31), (3, 200, 2)]
+                 (32, 33, 31), (3, 200, 2),
+                 # several GEMM blocks (64 rows / 64 forward columns / 128 dw outputs),
+                 # the last one partial; LeNet's first dense layer
+                 (130, 20, 150), (70, 9, 300), (64, 400, 120)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

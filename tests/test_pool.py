@@ -293,6 +293,69 @@ def test_max_pool2d_indices_match_torch(rng):
             np.testing.assert_array_equal(idx, expected.numpy(), err_msg=f"{name}, {kind}")
 
 
+def _sequential_2x2(x):
+    """2x2/2 max pool as the kernels scan the taps (0,0), (0,1), (1,0), (1,1): without
+    indices a larger value or any NaN replaces the running max (so the first of equal values
+    and the last NaN are kept, bit for bit: -0.0 vs 0.0, NaN payloads); with indices the
+    first maximum and the first NaN (numpy.argmax)."""
+    n, c, h, w = x.shape
+    ho, wo = h // 2, w // 2
+    taps = [x[:, :, i:2 * ho:2, j:2 * wo:2] for i in (0, 1) for j in (0, 1)]
+    offsets = [0, 1, w, w + 1]
+    m, arg_m, tap = taps[0].copy(), taps[0].copy(), np.zeros((n, c, ho, wo), dtype=np.int64)
+    for k in (1, 2, 3):
+        v = taps[k]
+        m = np.where((v > m) | np.isnan(v), v, m)
+        take = (v > arg_m) | (np.isnan(v) & ~np.isnan(arg_m))
+        arg_m = np.where(take, v, arg_m)
+        tap = np.where(take, offsets[k], tap)
+    rows = 2 * np.arange(ho)[:, None] * w + 2 * np.arange(wo)[None, :]
+    return m, arg_m, rows + tap
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("kind", ["integers", "signed-zeros", "nan-payloads", "distinct"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", [(2, 2), (3, 3), (2, 5), (5, 4), (10, 10), (11, 9), (28, 28),
+                                (5, 601), (4, 512)])
+def test_max_pool2d_2x2_fast_path(hw, dtype, kind, rng):
+    """The 2x2 stride-2 unpadded path (whole planes per call; rows of 1, odd, and more than
+    256 outputs; odd H/W floored) keeps the scan's exact bits, with and without indices."""
+    shape = (2, 3, *hw)
+    if kind == "distinct":
+        x = tie_free(shape, dtype, rng)
+    else:
+        x = rng.integers(-1, 2, size=shape).astype(dtype)  # ties in most windows
+    if kind == "signed-zeros":  # -0.0 == 0.0: which one is kept shows in the bits
+        x[rng.random(shape) < 0.5] = -0.0
+        x[x == 1] = 0.0
+    elif kind == "nan-payloads":  # NaNs that differ in their bits
+        uint = np.uint32 if dtype == np.float32 else np.uint64
+        nan = np.full(shape, np.nan, dtype=dtype).view(uint) + rng.integers(
+            1, 1000, size=shape).astype(uint)
+        mask = rng.random(shape) < 0.3
+        x[mask] = nan.view(dtype)[mask]
+        assert len(np.unique(_bits(x[np.isnan(x)]))) > 1
+    y_seq, y_arg, idx_seq = _sequential_2x2(x)
+    y = F.max_pool2d(x, 2, 2)
+    y2, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+    np.testing.assert_array_equal(_bits(y), _bits(y_seq))
+    np.testing.assert_array_equal(_bits(y2), _bits(y_arg))
+    np.testing.assert_array_equal(idx, idx_seq)
+    np.testing.assert_array_equal(idx, R.max_pool2d(x, 2, 2, return_indices=True)[1])
+    if kind == "distinct":
+        np.testing.assert_array_equal(y, R.max_pool2d(x, 2, 2))
+    # and numpy.argmax window by window
+    np.testing.assert_array_equal(idx, brute_argmax(x, _cfg(2, 3, *hw, 2)))
+    for n_threads in (1, 2):
+        y3, idx3 = F.max_pool2d(x, 2, 2, return_indices=True, n_threads=n_threads)
+        np.testing.assert_array_equal(_bits(y3), _bits(y2))
+        np.testing.assert_array_equal(idx3, idx)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_pool2d_backward_indices_overlapping_sum(dtype):
     # the example of test_max_pool2d_backward_overlapping_windows_sum, through the indices
@@ -479,3 +542,22 @@ def test_global_avg_pool2d_gradcheck(rng):
     g = rng.standard_normal((2, 3))
     gx = F.global_avg_pool2d_backward(g, x)
     check_gradient(F.global_avg_pool2d, (x,), 0, gx, g)
+
+
+def test_pool_geometry_cache_keeps_checks():
+    """The parsed-geometry cache (one parse per distinct call) never caches a rejection,
+    tells 2 from 2.0 and True, and passes unhashable arguments to the normal checks."""
+    x = np.ones((1, 2, 6, 6), dtype=np.float32)
+    assert F.max_pool2d(x, 2).shape == (1, 2, 3, 3)
+    assert F.max_pool2d(x, [2, 2]).shape == F.max_pool2d(x, (2, 2)).shape == (1, 2, 3, 3)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, 2.0)
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, True)
+        with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+            F.max_pool2d(x, np.array([2, 2]))
+        with pytest.raises(ValueError, match="at most half the kernel size"):
+            F.max_pool2d(x, 2, padding=2)
+        with pytest.raises(ValueError, match="grad_out must have shape"):
+            F.max_pool2d_backward(np.ones((1, 2, 2, 2), np.float32), x, 2)

@@ -34,7 +34,8 @@ def float_arrays(where, **arrays):
         if a is None:
             converted[name] = None
             continue
-        a = np.asarray(a)
+        if type(a) is not np.ndarray:
+            a = np.asarray(a)
         if a.dtype.kind == "f":
             if a.dtype not in _SUPPORTED:
                 raise _kind_error(where, name, a.dtype)
@@ -48,8 +49,8 @@ def float_arrays(where, **arrays):
             raise _kind_error(where, name, a.dtype)
         converted[name] = a
     dtype = float_dtype if float_dtype is not None else np.dtype(np.float32)
-    out = [None if a is None else np.asarray(a, dtype=dtype, order="C")
-           for a in converted.values()]
+    out = [a if a is None or (a.dtype == dtype and a.flags.c_contiguous)
+           else np.asarray(a, dtype=dtype, order="C") for a in converted.values()]
     return out if len(out) > 1 else out[0]
 
 

@@ -1,7 +1,7 @@
 # Declarations of the C helpers in csrc/cnncore_simd.h, and fused-type wrappers that pick
 # the float or double version (one body for both dtypes in the kernels that use them).
 from cython cimport floating
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "cnncore_simd.h" nogil:
     void cnn_gather_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
@@ -33,6 +33,12 @@ cdef extern from "cnncore_simd.h" nogil:
                            Py_ssize_t stride, int32_t tap)
     void cnn_max_row_arg_d(double* m, int32_t* a, const double* x, Py_ssize_t n,
                            Py_ssize_t stride, int32_t tap)
+    void cnn_max_pool_2x2_f(float* y, const float* x, Py_ssize_t W, Py_ssize_t Ho,
+                            Py_ssize_t Wo)
+    void cnn_max_pool_2x2_d(double* y, const double* x, Py_ssize_t W, Py_ssize_t Ho,
+                            Py_ssize_t Wo)
+    void cnn_max_pool_2x2_arg_f(float* y, int64_t* idx, const float* x, Py_ssize_t W,
+                                Py_ssize_t Ho, Py_ssize_t Wo)
 
 
 cdef inline void _gather(floating* dst, const floating* src, Py_ssize_t n,
@@ -89,3 +95,12 @@ cdef inline void _max_row_arg(floating* m, int32_t* a, const floating* x, Py_ssi
         cnn_max_row_arg_f(m, a, x, n, stride, tap)
     else:
         cnn_max_row_arg_d(m, a, x, n, stride, tap)
+
+
+cdef inline void _max_pool_2x2(floating* y, const floating* x, Py_ssize_t W, Py_ssize_t Ho,
+                               Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        cnn_max_pool_2x2_f(y, x, W, Ho, Wo)
+    else:
+        cnn_max_pool_2x2_d(y, x, W, Ho, Wo)
+

@@ -3,6 +3,11 @@
 The GEMMs are cut into blocks of a fixed size (independent of the thread count), one
 single-threaded BLAS call per block, spread over OpenMP threads: every output element is
 computed by the same call whatever ``n_threads`` is, so results are bit-identical.
+
+Forward: blocks of BLOCK rows by BLOCK output columns, so that a batch of 64 still gives
+two threads work (LeNet's 64 x 400 -> 120). Backward: dx in blocks of BLOCK rows and
+dw (with db) in blocks of DW_BLOCK outputs, all in one parallel region: LeNet's layers
+are then one dx task and one dw task, an even split for two threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -10,21 +15,22 @@ from cython.parallel cimport prange
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
 
 cdef enum:
-    BLOCK = 64  # rows per GEMM block
+    BLOCK = 64      # rows (and forward output columns) per GEMM block
+    DW_BLOCK = 128  # outputs per weight-gradient GEMM block
 
 
 cdef void _forward_block(const floating* x, const floating* w, const floating* b,
-                         bint has_bias, floating* y, Py_ssize_t rows, Py_ssize_t n_in,
-                         Py_ssize_t n_out) noexcept nogil:
-    """y[rows, :] = x[rows, :] @ w.T (+ b)."""
+                         bint has_bias, floating* y, Py_ssize_t rows, Py_ssize_t outs,
+                         Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """y[rows, outs] = x[rows, :] @ w[outs, :].T (+ b[outs]); y has row stride n_out."""
     cdef Py_ssize_t r, o
     cdef floating beta = 0
     if has_bias:
         for r in range(rows):
-            for o in range(n_out):
+            for o in range(outs):
                 y[r * n_out + o] = b[o]
         beta = 1
-    _gemm(NoTrans, Trans, <int> rows, <int> n_out, <int> n_in, <floating> 1, x, <int> n_in,
+    _gemm(NoTrans, Trans, <int> rows, <int> outs, <int> n_in, <floating> 1, x, <int> n_in,
           w, <int> n_in, beta, y, <int> n_out)
 
 
@@ -34,12 +40,16 @@ def linear_forward(const floating[:, ::1] x,   # IN  (N, in)
                    floating[:, ::1] y,         # OUT (N, out)
                    int n_threads):
     cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
-    cdef Py_ssize_t blk, r0, n_blocks = (N + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t t, r0, c0
+    cdef Py_ssize_t row_blocks = (N + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t col_blocks = (n_out + BLOCK - 1) // BLOCK
     cdef bint has_bias = b.shape[0] > 0
-    for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
-        r0 = blk * BLOCK
-        _forward_block(&x[r0, 0], &w[0, 0], &b[0], has_bias, &y[r0, 0],
-                       min(BLOCK, N - r0), n_in, n_out)
+    for t in prange(row_blocks * col_blocks, nogil=True, schedule='static',
+                    num_threads=n_threads):
+        r0 = (t // col_blocks) * BLOCK
+        c0 = (t % col_blocks) * BLOCK
+        _forward_block(&x[r0, 0], &w[c0, 0], &b[c0] if has_bias else NULL, has_bias,
+                       &y[r0, c0], min(BLOCK, N - r0), min(BLOCK, n_out - c0), n_in, n_out)
 
 
 cdef void _grad_input_block(const floating* dy, const floating* w, floating* dx,
@@ -57,13 +67,19 @@ cdef void _grad_weight_block(const floating* dy, const floating* x, floating* dw
           x, <int> n_in, <floating> 0, dw, <int> n_in)
 
 
-cdef void _column_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride,
-                      floating* out) noexcept nogil:
-    cdef Py_ssize_t n
-    cdef double s = 0
+cdef void _column_sums(const floating* dy, Py_ssize_t N, Py_ssize_t outs, Py_ssize_t stride,
+                       floating* out) noexcept nogil:
+    """out[o] = sum_n dy[n * stride + o] for o < outs <= DW_BLOCK: each column summed in
+    double, n in order, row by row (contiguous reads)."""
+    cdef Py_ssize_t n, o
+    cdef double acc[DW_BLOCK]
+    for o in range(outs):
+        acc[o] = 0
     for n in range(N):
-        s = s + dy[n * stride]
-    out[0] = <floating> s
+        for o in range(outs):
+            acc[o] = acc[o] + dy[n * stride + o]
+    for o in range(outs):
+        out[o] = <floating> acc[o]
 
 
 def linear_backward(const floating[:, ::1] dy,  # IN  (N, out)
@@ -74,9 +90,9 @@ def linear_backward(const floating[:, ::1] dy,  # IN  (N, out)
                     floating[::1] db,           # OUT (out,)
                     int n_threads):
     cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
-    cdef Py_ssize_t blk, r0, o
+    cdef Py_ssize_t blk, r0, outs
     cdef Py_ssize_t row_blocks = (N + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t out_blocks = (n_out + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t out_blocks = (n_out + DW_BLOCK - 1) // DW_BLOCK
     for blk in prange(row_blocks + out_blocks, nogil=True, schedule='static',
                       num_threads=n_threads):
         if blk < row_blocks:
@@ -84,8 +100,7 @@ def linear_backward(const floating[:, ::1] dy,  # IN  (N, out)
             _grad_input_block(&dy[r0, 0], &w[0, 0], &dx[r0, 0], min(BLOCK, N - r0),
                               n_in, n_out)
         else:
-            r0 = (blk - row_blocks) * BLOCK
-            _grad_weight_block(&dy[0, r0], &x[0, 0], &dw[r0, 0], N,
-                               min(BLOCK, n_out - r0), n_in, n_out)
-    for o in prange(n_out, nogil=True, schedule='static', num_threads=n_threads):
-        _column_sum(&dy[0, o], N, n_out, &db[o])
+            r0 = (blk - row_blocks) * DW_BLOCK
+            outs = min(DW_BLOCK, n_out - r0)
+            _grad_weight_block(&dy[0, r0], &x[0, 0], &dw[r0, 0], N, outs, n_in, n_out)
+            _column_sums(&dy[0, r0], N, outs, n_out, &db[r0])

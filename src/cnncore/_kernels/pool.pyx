@@ -21,7 +21,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _max_row, _max_row_arg, _axpy, _scatter_axpy
+from cnncore._kernels._simd cimport (_max_row, _max_row_arg, _max_pool_2x2, _axpy,
+                                     _scatter_axpy, cnn_max_pool_2x2_arg_f)
 
 cdef enum:
     CHUNK = 256  # output columns handled at once by the kernels that need a row buffer
@@ -102,12 +103,11 @@ cdef void _max_pool_plane_backward(const Window* g, const floating* dy, const fl
             dx[a] = dx[a] + dy[oh * g.Wo + ow]
 
 
-cdef void _max_pool_plane_2x2(Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, const floating* x,
-                              floating* y, int64_t* idx) noexcept nogil:
-    """The common 2x2, stride-2, unpadded case (e.g. LeNet's pools), without the general
-    kernel's per-tap window arithmetic, which costs more than the maxima on small planes.
-    Taps 0..3 in row-major order through cnn_max_row_arg (selects, not branches: ReLU
-    outputs make ties common); same tie and NaN rules. idx may be NULL."""
+cdef void _max_pool_plane_2x2_rows(Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                   const floating* x, floating* y, int64_t* idx) noexcept nogil:
+    """_max_pool_plane_indices for the 2x2/2 unpadded window, taps 0..3 in row-major order
+    through cnn_max_row_arg (selects, not branches: ReLU outputs make ties common); used for
+    double, for which cnn_max_pool_2x2_arg has no version (see csrc/cnncore_simd.h)."""
     cdef Py_ssize_t oh, ow, k, c0, c1
     cdef Py_ssize_t n_chunks = (Wo + CHUNK - 1) // CHUNK
     cdef floating* row
@@ -130,12 +130,23 @@ cdef void _max_pool_plane_2x2(Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, const 
             _max_row_arg(row, tap, r0 + 1, c1 - c0, 2, 1)
             _max_row_arg(row, tap, r0 + W, c1 - c0, 2, 2)
             _max_row_arg(row, tap, r0 + W + 1, c1 - c0, 2, 3)
-            if idx != NULL:
-                for ow in range(c0, c1):
-                    idx[oh * Wo + ow] = 2 * oh * W + 2 * ow + offset[tap[ow - c0]]
+            for ow in range(c0, c1):
+                idx[oh * Wo + ow] = 2 * oh * W + 2 * ow + offset[tap[ow - c0]]
+
+
+cdef inline void _max_pool_plane_2x2_arg(Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                         const floating* x, floating* y,
+                                         int64_t* idx) noexcept nogil:
+    if floating is float:
+        cnn_max_pool_2x2_arg_f(y, idx, x, W, Ho, Wo)  # a whole plane per call
+    else:
+        _max_pool_plane_2x2_rows(W, Ho, Wo, x, y, idx)
 
 
 cdef inline bint _is_2x2(const Window* g) noexcept nogil:
+    """The common 2x2, stride-2, unpadded case (e.g. LeNet's pools): whole planes through
+    cnn_max_pool_2x2* (csrc/cnncore_simd.h), without the general kernels' per-tap window
+    arithmetic and running-max rows, which cost more than the maxima on small planes."""
     return g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.ph == 0 and g.pw == 0
 
 
@@ -148,7 +159,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
     cdef bint two = _is_2x2(&g)
     for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
         if two:
-            _max_pool_plane_2x2(g.W, g.Ho, g.Wo, &x[p, 0, 0], &y[p, 0, 0], NULL)
+            _max_pool_2x2(&y[p, 0, 0], &x[p, 0, 0], g.W, g.Ho, g.Wo)
         else:
             _max_pool_plane(&g, &x[p, 0, 0], &y[p, 0, 0])
 
@@ -226,7 +237,7 @@ def max_pool2d_forward_indices(const floating[:, :, ::1] x,  # IN  (N*C, H, W)
     cdef bint two = _is_2x2(&g)
     for p in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
         if two:
-            _max_pool_plane_2x2(g.W, g.Ho, g.Wo, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
+            _max_pool_plane_2x2_arg(g.W, g.Ho, g.Wo, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
         else:
             _max_pool_plane_indices(&g, &x[p, 0, 0], &y[p, 0, 0], &idx[p, 0, 0])
 
