@@ -23,12 +23,45 @@
 
 #define CNN_LANES 8  /* partial sums of cnn_dot: one AVX register of floats */
 
-/* dst[i] = src[i * stride] for i in [0, n): one im2col row segment (a strided gather). */
-#define CNN_DEFINE_GATHER(T, SUF)                                                          \
-    static inline void cnn_gather_##SUF(T *restrict dst, const T *restrict src,          \
-                                          ptrdiff_t n, ptrdiff_t stride) {                \
-        if (stride == 1) { memcpy(dst, src, (size_t)n * sizeof(T)); return; }             \
-        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = src[i * stride];             \
+/* Copy `rows` rows of nbytes (a multiple of 4): row r goes from s + r*ss to d + r*ds (byte
+ * strides). The rows of im2col are short (a few to a few tens of elements): a memcpy call
+ * per row cost more than the copy, and a plain copy loop is turned back into that call by
+ * the compiler. So up to 128 bytes a row is copied as fixed 16-byte blocks taken from both
+ * ends (they may overlap; each is one vector load and store), with the size dispatch done
+ * once for all rows. */
+#define CNN_ROWS(BODY) for (ptrdiff_t r = 0; r < rows; ++r, d += ds, s += ss) { BODY }
+#define CNN_CPY(off, k) memcpy(d + (off), s + (off), k)
+static inline void cnn_copy_rows(char *restrict d, ptrdiff_t ds, const char *restrict s,
+                                 ptrdiff_t ss, size_t nbytes, ptrdiff_t rows) {
+    size_t e = nbytes - 16;  /* offset of the last 16-byte block */
+    if (nbytes > 128) CNN_ROWS(memcpy(d, s, nbytes);)
+    else if (nbytes > 64) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(16, 16); CNN_CPY(32, 16);
+                                   CNN_CPY(48, 16); CNN_CPY(e - 48, 16); CNN_CPY(e - 32, 16);
+                                   CNN_CPY(e - 16, 16); CNN_CPY(e, 16);)
+    else if (nbytes > 32) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(16, 16); CNN_CPY(e - 16, 16);
+                                   CNN_CPY(e, 16);)
+    else if (nbytes >= 16) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(e, 16);)
+    else if (nbytes >= 8) CNN_ROWS(CNN_CPY(0, 8); CNN_CPY(nbytes - 8, 8);)
+    else if (nbytes >= 4) CNN_ROWS(CNN_CPY(0, 4);)
+}
+#undef CNN_ROWS
+#undef CNN_CPY
+
+/* im2col rows: dst[r*dst_stride + k] = src[r*src_stride + k*step], k in [0, n), r in
+ * [0, rows). */
+#define CNN_DEFINE_GATHER_ROWS(T, SUF)                                                     \
+    static inline void cnn_gather_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride,      \
+                                               const T *restrict src, ptrdiff_t src_stride, \
+                                               ptrdiff_t n, ptrdiff_t step, ptrdiff_t rows) { \
+        if (step == 1) {                                                                  \
+            cnn_copy_rows((char *)dst, dst_stride * (ptrdiff_t)sizeof(T),                 \
+                          (const char *)src, src_stride * (ptrdiff_t)sizeof(T),           \
+                          (size_t)n * sizeof(T), rows);                                   \
+            return;                                                                       \
+        }                                                                                 \
+        for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {      \
+            CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k] = src[k * step];            \
+        }                                                                                 \
     }
 
 /* dst[i * stride] += src[i] for i in [0, n): one col2im row segment (a strided scatter-add).
@@ -36,7 +69,23 @@
 #define CNN_DEFINE_SCATTER_ADD(T, SUF)                                                     \
     static inline void cnn_scatter_add_##SUF(T *restrict dst, const T *restrict src,     \
                                                ptrdiff_t n, ptrdiff_t stride) {           \
-        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i * stride] += src[i];            \
+        if (stride == 1) { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] += src[i]; } \
+        else { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i * stride] += src[i]; }    \
+    }
+
+/* acc[k] += sum of x[i] over i = k (mod CNN_LANES), i in [0, n): CNN_LANES independent
+ * double partial sums (a single running sum is one long chain of dependent adds), always
+ * in the same order. The caller adds the lanes up at the end. */
+#define CNN_DEFINE_SUM_LANES(T, SUF)                                                       \
+    static inline void cnn_sum_lanes_##SUF(double *restrict acc, const T *restrict x,    \
+                                             ptrdiff_t n) {                               \
+        double a[CNN_LANES];                                                              \
+        ptrdiff_t i = 0, k;                                                               \
+        for (k = 0; k < CNN_LANES; ++k) a[k] = acc[k];                                    \
+        for (; i + CNN_LANES <= n; i += CNN_LANES)                                        \
+            for (k = 0; k < CNN_LANES; ++k) a[k] += (double)x[i + k];                     \
+        for (k = 0; i < n; ++i, ++k) a[k] += (double)x[i];                                \
+        for (k = 0; k < CNN_LANES; ++k) acc[k] = a[k];                                    \
     }
 
 /* ReLU family on a contiguous block, written as selects so that the compiler vectorises
@@ -121,10 +170,12 @@ CNN_DEFINE_AXPY(float, f)
 CNN_DEFINE_AXPY(double, d)
 CNN_DEFINE_RELU(float, f)
 CNN_DEFINE_RELU(double, d)
-CNN_DEFINE_GATHER(float, f)
-CNN_DEFINE_GATHER(double, d)
+CNN_DEFINE_GATHER_ROWS(float, f)
+CNN_DEFINE_GATHER_ROWS(double, d)
 CNN_DEFINE_SCATTER_ADD(float, f)
 CNN_DEFINE_SCATTER_ADD(double, d)
+CNN_DEFINE_SUM_LANES(float, f)
+CNN_DEFINE_SUM_LANES(double, d)
 
 /* Flush-to-zero / denormals-are-zero for the calling thread (x86 MXCSR bits 15 and 6).
  * Returns the previous MXCSR value so the caller can restore it; a no-op returning 0 elsewhere. */

@@ -17,7 +17,7 @@ from cython.parallel cimport prange, parallel, threadid
 
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _gather, _scatter_add
+from cnncore._kernels._simd cimport _gather_rows, _scatter_add, _sum_lanes, CNN_LANES
 
 
 cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
@@ -25,24 +25,24 @@ cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  
                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                   Py_ssize_t Ho, Py_ssize_t Wo,
                   floating* col) noexcept nogil:                                # OUT
-    cdef Py_ssize_t c, i, j, oh, ow, ih, off_w, lo, hi
+    """One (Ho x Wo) block per (c, i, j): the rectangle of outputs that read inside the
+    image is copied row by row, and a block that reaches the padding is zeroed first."""
+    cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
     cdef floating* dst
     for c in range(C):
         for i in range(kh):
+            off_h = i * dh - ph
+            _valid_range(off_h, sh, H, Ho, &oh_lo, &oh_hi)
             for j in range(kw):
                 off_w = j * dw - pw
                 _valid_range(off_w, sw, W, Wo, &lo, &hi)
-                for oh in range(Ho):
-                    dst = col + (((c * kh + i) * kw + j) * Ho + oh) * Wo
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= H:
-                        memset(dst, 0, Wo * sizeof(floating))
-                        continue
-                    for ow in range(lo):
-                        dst[ow] = 0
-                    _gather(dst + lo, x + (c * H + ih) * W + lo * sw + off_w, hi - lo, sw)
-                    for ow in range(hi, Wo):
-                        dst[ow] = 0
+                dst = col + ((c * kh + i) * kw + j) * Ho * Wo
+                if oh_lo > 0 or oh_hi < Ho or lo > 0 or hi < Wo:
+                    memset(dst, 0, Ho * Wo * sizeof(floating))
+                if oh_hi > oh_lo and hi > lo:
+                    _gather_rows(dst + oh_lo * Wo + lo, Wo,
+                                 x + (c * H + oh_lo * sh + off_h) * W + lo * sw + off_w,
+                                 sh * W, hi - lo, sw, oh_hi - oh_lo)
 
 
 cdef void _col2im(const floating* col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
@@ -234,11 +234,15 @@ def sum_chunks(const floating[:, ::1] parts,   # IN  (n_chunks, M)
 
 cdef void _channel_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t P,
                        floating* out) noexcept nogil:
-    cdef Py_ssize_t n, p
+    cdef Py_ssize_t n, k
+    cdef double acc[CNN_LANES]
     cdef double s = 0
+    for k in range(CNN_LANES):
+        acc[k] = 0
     for n in range(N):
-        for p in range(P):
-            s = s + dy[n * stride + p]
+        _sum_lanes(acc, dy + n * stride, P)
+    for k in range(CNN_LANES):
+        s = s + acc[k]
     out[0] = <floating> s
 
 
@@ -246,7 +250,7 @@ def bias_grad(const floating[:, :, ::1] dy,   # IN  (N, C_out, P)
               floating[::1] db,               # OUT (C_out,)
               int n_threads):
     """``db[o] = sum over n and p of dy[n, o, p]``, one channel per task, accumulated in
-    double in a fixed order."""
+    double partial sums (see cnn_sum_lanes) in a fixed order."""
     cdef Py_ssize_t o
     cdef Py_ssize_t C_out = dy.shape[1], P = dy.shape[2]
     for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
