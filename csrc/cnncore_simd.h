@@ -64,13 +64,23 @@ static inline void cnn_copy_rows(char *restrict d, ptrdiff_t ds, const char *res
         }                                                                                 \
     }
 
-/* dst[i * stride] += src[i] for i in [0, n): one col2im row segment (a strided scatter-add).
- * With stride >= 1 no two i hit the same dst element, so the loop has no dependence. */
-#define CNN_DEFINE_SCATTER_ADD(T, SUF)                                                     \
-    static inline void cnn_scatter_add_##SUF(T *restrict dst, const T *restrict src,     \
-                                               ptrdiff_t n, ptrdiff_t stride) {           \
-        if (stride == 1) { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] += src[i]; } \
-        else { CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i * stride] += src[i]; }    \
+/* col2im rows, the adjoint of cnn_gather_rows: dst[r*dst_stride + k*step] += src[r*src_stride
+ * + k], k in [0, n), r in [0, rows). With step >= 1 no two k of a row hit the same dst
+ * element, so the inner loop has no dependence. */
+#define CNN_DEFINE_SCATTER_ADD_ROWS(T, SUF)                                                \
+    static inline void cnn_scatter_add_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride, \
+                                                    const T *restrict src,                \
+                                                    ptrdiff_t src_stride, ptrdiff_t n,    \
+                                                    ptrdiff_t step, ptrdiff_t rows) {     \
+        if (step == 1) {                                                                  \
+            for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {  \
+                CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k] += src[k];              \
+            }                                                                             \
+        } else {                                                                          \
+            for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {  \
+                CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k * step] += src[k];       \
+            }                                                                             \
+        }                                                                                 \
     }
 
 /* acc[k] += sum of x[i] over i = k (mod CNN_LANES), i in [0, n): CNN_LANES independent
@@ -172,8 +182,8 @@ CNN_DEFINE_RELU(float, f)
 CNN_DEFINE_RELU(double, d)
 CNN_DEFINE_GATHER_ROWS(float, f)
 CNN_DEFINE_GATHER_ROWS(double, d)
-CNN_DEFINE_SCATTER_ADD(float, f)
-CNN_DEFINE_SCATTER_ADD(double, d)
+CNN_DEFINE_SCATTER_ADD_ROWS(float, f)
+CNN_DEFINE_SCATTER_ADD_ROWS(double, d)
 CNN_DEFINE_SUM_LANES(float, f)
 CNN_DEFINE_SUM_LANES(double, d)
 

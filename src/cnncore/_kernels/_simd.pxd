@@ -11,8 +11,12 @@ cdef extern from "cnncore_simd.h" nogil:
     void cnn_gather_rows_d(double* dst, Py_ssize_t dst_stride, const double* src,
                            Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
                            Py_ssize_t rows)
-    void cnn_scatter_add_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
-    void cnn_scatter_add_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride)
+    void cnn_scatter_add_rows_f(float* dst, Py_ssize_t dst_stride, const float* src,
+                                Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                                Py_ssize_t rows)
+    void cnn_scatter_add_rows_d(double* dst, Py_ssize_t dst_stride, const double* src,
+                                Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                                Py_ssize_t rows)
     void cnn_sum_lanes_f(double* acc, const float* x, Py_ssize_t n)
     void cnn_sum_lanes_d(double* acc, const double* x, Py_ssize_t n)
     unsigned int cnn_set_flush_denormals(int enable)
@@ -51,12 +55,13 @@ cdef inline void _gather_rows(floating* dst, Py_ssize_t dst_stride, const floati
         cnn_gather_rows_d(dst, dst_stride, src, src_stride, n, step, rows)
 
 
-cdef inline void _scatter_add(floating* dst, const floating* src, Py_ssize_t n,
-                              Py_ssize_t stride) noexcept nogil:
+cdef inline void _scatter_add_rows(floating* dst, Py_ssize_t dst_stride,
+                                   const floating* src, Py_ssize_t src_stride, Py_ssize_t n,
+                                   Py_ssize_t step, Py_ssize_t rows) noexcept nogil:
     if floating is float:
-        cnn_scatter_add_f(dst, src, n, stride)
+        cnn_scatter_add_rows_f(dst, dst_stride, src, src_stride, n, step, rows)
     else:
-        cnn_scatter_add_d(dst, src, n, stride)
+        cnn_scatter_add_rows_d(dst, dst_stride, src, src_stride, n, step, rows)
 
 
 cdef inline void _sum_lanes(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
