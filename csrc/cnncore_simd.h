@@ -26,29 +26,54 @@
 /* Copy `rows` rows of nbytes (a multiple of 4): row r goes from s + r*ss to d + r*ds (byte
  * strides). The rows of im2col are short (a few to a few tens of elements): a memcpy call
  * per row cost more than the copy, and a plain copy loop is turned back into that call by
- * the compiler. So up to 128 bytes a row is copied as fixed 16-byte blocks taken from both
- * ends (they may overlap; each is one vector load and store), with the size dispatch done
- * once for all rows. */
+ * the compiler. So a row of up to 128 bytes is copied as ceil(nbytes/16) fixed 16-byte
+ * blocks, the last one ending at the row's end (it may overlap the one before; each is one
+ * vector load and store), with the size dispatch done once for all rows. */
 #define CNN_ROWS(BODY) for (ptrdiff_t r = 0; r < rows; ++r, d += ds, s += ss) { BODY }
 #define CNN_CPY(off, k) memcpy(d + (off), s + (off), k)
+#define CNN_CPY16(off) CNN_CPY(off, 16)
 static inline void cnn_copy_rows(char *restrict d, ptrdiff_t ds, const char *restrict s,
                                  ptrdiff_t ss, size_t nbytes, ptrdiff_t rows) {
     size_t e = nbytes - 16;  /* offset of the last 16-byte block */
-    if (nbytes > 128) CNN_ROWS(memcpy(d, s, nbytes);)
-    else if (nbytes > 64) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(16, 16); CNN_CPY(32, 16);
-                                   CNN_CPY(48, 16); CNN_CPY(e - 48, 16); CNN_CPY(e - 32, 16);
-                                   CNN_CPY(e - 16, 16); CNN_CPY(e, 16);)
-    else if (nbytes > 32) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(16, 16); CNN_CPY(e - 16, 16);
-                                   CNN_CPY(e, 16);)
-    else if (nbytes >= 16) CNN_ROWS(CNN_CPY(0, 16); CNN_CPY(e, 16);)
-    else if (nbytes >= 8) CNN_ROWS(CNN_CPY(0, 8); CNN_CPY(nbytes - 8, 8);)
-    else if (nbytes >= 4) CNN_ROWS(CNN_CPY(0, 4);)
+    if (nbytes > 128) { CNN_ROWS(memcpy(d, s, nbytes);) return; }
+    if (nbytes < 16) {
+        if (nbytes >= 8) CNN_ROWS(CNN_CPY(0, 8); CNN_CPY(nbytes - 8, 8);)
+        else if (nbytes >= 4) CNN_ROWS(CNN_CPY(0, 4);)
+        return;
+    }
+    switch ((nbytes + 15) / 16) {
+    case 1: CNN_ROWS(CNN_CPY16(0);) break;  /* nbytes == 16 */
+    case 2: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(e);) break;
+    case 3: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(e);) break;
+    case 4: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(e);) break;
+    case 5: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(e);) break;
+    case 6: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(64); CNN_CPY16(e);) break;
+    case 7: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(64); CNN_CPY16(80); CNN_CPY16(e);) break;
+    default: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                      CNN_CPY16(64); CNN_CPY16(80); CNN_CPY16(96); CNN_CPY16(e);) break;
+    }
 }
+#undef CNN_CPY16
 #undef CNN_ROWS
 #undef CNN_CPY
 
+/* Zero `rows` rows of nbytes (a multiple of 4), d + r*ds for r in [0, rows): the short
+ * margins of im2col blocks that reach the padding, with cnn_copy_rows' blocks read from a
+ * constant zero row. */
+static const char cnn_zero_row[128] = {0};
+static inline void cnn_zero_rows(char *d, ptrdiff_t ds, size_t nbytes, ptrdiff_t rows) {
+    if (nbytes > sizeof(cnn_zero_row)) {
+        for (ptrdiff_t r = 0; r < rows; ++r, d += ds) memset(d, 0, nbytes);
+        return;
+    }
+    cnn_copy_rows(d, ds, cnn_zero_row, 0, nbytes, rows);
+}
+
 /* im2col rows: dst[r*dst_stride + k] = src[r*src_stride + k*step], k in [0, n), r in
- * [0, rows). */
+ * [0, rows); and dst[r*dst_stride + k] = 0. */
 #define CNN_DEFINE_GATHER_ROWS(T, SUF)                                                     \
     static inline void cnn_gather_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride,      \
                                                const T *restrict src, ptrdiff_t src_stride, \
@@ -62,6 +87,11 @@ static inline void cnn_copy_rows(char *restrict d, ptrdiff_t ds, const char *res
         for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {      \
             CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k] = src[k * step];            \
         }                                                                                 \
+    }                                                                                     \
+    static inline void cnn_zero_rows_##SUF(T *dst, ptrdiff_t dst_stride, ptrdiff_t n,    \
+                                             ptrdiff_t rows) {                            \
+        cnn_zero_rows((char *)dst, dst_stride * (ptrdiff_t)sizeof(T),                     \
+                      (size_t)n * sizeof(T), rows);                                       \
     }
 
 /* col2im rows, the adjoint of cnn_gather_rows: dst[r*dst_stride + k*step] += src[r*src_stride

@@ -206,6 +206,25 @@ def test_conv2d_backward_both_dw_layouts_match_reference(cfg, dtype, rng, forced
     assert len(forced_dw_layout) == (0 if depthwise else 1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_every_short_row_length(dtype, rng, forced_dw_layout):
+    """im2col copies rows of up to 128 bytes as fixed 16-byte blocks, by cases on the length:
+    rows of 1 to 40 elements (image rows for _im2col, kernel rows for _im2col_t), padded
+    and not."""
+    for n_el in range(1, 41):
+        for cfg in (_cfg(2, 2, 3, 3, n_el + 2, 3, padding=(0, 1)),   # rows of n_el outputs
+                    _cfg(1, 2, 2, 2, n_el + 1, (1, n_el)),           # rows of n_el taps
+                    _cfg(1, 1, 2, 3, n_el, (2, n_el), padding=(1, 2))):
+            x, w, b = make_conv2d_inputs(cfg, dtype, rng)
+            assert_close(F.conv2d(x, w, b, **hyper(cfg)),
+                         R.conv2d(*as_float64(x, w, b), **hyper(cfg)), dtype, "conv2d")
+            gy = rng.standard_normal(expected_conv2d_shape(cfg)).astype(dtype)
+            got = F.conv2d_backward(gy, x, w, **hyper(cfg))
+            for a, e, name in zip(got, R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg)),
+                                  ["grad_x", "grad_weight", "grad_bias"]):
+                assert_close(a, e, dtype, f"{name} ({n_el} elements)")
+
+
 def test_transposed_dw_cols_rule():
     assert F._transposed_dw_cols(150, 100, False)      # LeNet conv2: 6*5*5 x 10*10
     assert not F._transposed_dw_cols(25, 784, False)   # LeNet conv1: 1*5*5 x 28*28

@@ -11,6 +11,8 @@ cdef extern from "cnncore_simd.h" nogil:
     void cnn_gather_rows_d(double* dst, Py_ssize_t dst_stride, const double* src,
                            Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
                            Py_ssize_t rows)
+    void cnn_zero_rows_f(float* dst, Py_ssize_t dst_stride, Py_ssize_t n, Py_ssize_t rows)
+    void cnn_zero_rows_d(double* dst, Py_ssize_t dst_stride, Py_ssize_t n, Py_ssize_t rows)
     void cnn_scatter_add_rows_f(float* dst, Py_ssize_t dst_stride, const float* src,
                                 Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
                                 Py_ssize_t rows)
@@ -53,6 +55,14 @@ cdef inline void _gather_rows(floating* dst, Py_ssize_t dst_stride, const floati
         cnn_gather_rows_f(dst, dst_stride, src, src_stride, n, step, rows)
     else:
         cnn_gather_rows_d(dst, dst_stride, src, src_stride, n, step, rows)
+
+
+cdef inline void _zero_rows(floating* dst, Py_ssize_t dst_stride, Py_ssize_t n,
+                            Py_ssize_t rows) noexcept nogil:
+    if floating is float:
+        cnn_zero_rows_f(dst, dst_stride, n, rows)
+    else:
+        cnn_zero_rows_d(dst, dst_stride, n, rows)
 
 
 cdef inline void _scatter_add_rows(floating* dst, Py_ssize_t dst_stride,

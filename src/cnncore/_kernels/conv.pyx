@@ -17,7 +17,7 @@ from cython.parallel cimport prange, parallel, threadid
 
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _gather_rows, _scatter_add_rows, _sum_lanes, CNN_LANES
+from cnncore._kernels._simd cimport _gather_rows, _zero_rows, _scatter_add_rows, _sum_lanes, CNN_LANES
 
 
 cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
@@ -26,7 +26,8 @@ cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  
                   Py_ssize_t Ho, Py_ssize_t Wo,
                   floating* col) noexcept nogil:                                # OUT
     """One (Ho x Wo) block per (c, i, j): the rectangle of outputs that read inside the
-    image is copied row by row, and a block that reaches the padding is zeroed first."""
+    image, rows [oh_lo, oh_hi) x columns [lo, hi), is copied row by row; the rows above and
+    below it and the margins left and right of it (padding) are zeroed."""
     cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
     cdef floating* dst
     for c in range(C):
@@ -37,12 +38,21 @@ cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  
                 off_w = j * dw - pw
                 _valid_range(off_w, sw, W, Wo, &lo, &hi)
                 dst = col + ((c * kh + i) * kw + j) * Ho * Wo
-                if oh_lo > 0 or oh_hi < Ho or lo > 0 or hi < Wo:
+                if oh_hi <= oh_lo or hi <= lo:
                     memset(dst, 0, Ho * Wo * sizeof(floating))
-                if oh_hi > oh_lo and hi > lo:
-                    _gather_rows(dst + oh_lo * Wo + lo, Wo,
-                                 x + (c * H + oh_lo * sh + off_h) * W + lo * sw + off_w,
-                                 sh * W, hi - lo, sw, oh_hi - oh_lo)
+                    continue
+                if oh_lo > 0:
+                    memset(dst, 0, oh_lo * Wo * sizeof(floating))
+                if oh_hi < Ho:
+                    memset(dst + oh_hi * Wo, 0, (Ho - oh_hi) * Wo * sizeof(floating))
+                dst = dst + oh_lo * Wo
+                if lo > 0:
+                    _zero_rows(dst, Wo, lo, oh_hi - oh_lo)
+                if hi < Wo:
+                    _zero_rows(dst + hi, Wo, Wo - hi, oh_hi - oh_lo)
+                _gather_rows(dst + lo, Wo,
+                             x + (c * H + oh_lo * sh + off_h) * W + lo * sw + off_w,
+                             sh * W, hi - lo, sw, oh_hi - oh_lo)
 
 
 cdef void _im2col_t(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
