@@ -97,14 +97,23 @@ static inline void cnn_zero_rows(char *d, ptrdiff_t ds, size_t nbytes, ptrdiff_t
 /* col2im rows, the adjoint of cnn_gather_rows: dst[r*dst_stride + k*step] += src[r*src_stride
  * + k], k in [0, n), r in [0, rows). With step >= 1 no two k of a row hit the same dst
  * element, so the inner loop has no dependence. */
+#define CNN_ADD_ROWS_LOOP(N)                                                               \
+    for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {          \
+        CNN_SIMD for (ptrdiff_t k = 0; k < (N); ++k) dst[k] += src[k];                    \
+    }
+#define CNN_ADD_ROWS_N(N) case N: CNN_ADD_ROWS_LOOP(N) break;
 #define CNN_DEFINE_SCATTER_ADD_ROWS(T, SUF)                                                \
     static inline void cnn_scatter_add_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride, \
                                                     const T *restrict src,                \
                                                     ptrdiff_t src_stride, ptrdiff_t n,    \
                                                     ptrdiff_t step, ptrdiff_t rows) {     \
         if (step == 1) {                                                                  \
-            for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {  \
-                CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k] += src[k];              \
+            switch (n) { /* short rows: a fixed length, unrolled without loop control */  \
+            CNN_ADD_ROWS_N(1) CNN_ADD_ROWS_N(2) CNN_ADD_ROWS_N(3) CNN_ADD_ROWS_N(4)       \
+            CNN_ADD_ROWS_N(5) CNN_ADD_ROWS_N(6) CNN_ADD_ROWS_N(7) CNN_ADD_ROWS_N(8)       \
+            CNN_ADD_ROWS_N(9) CNN_ADD_ROWS_N(10) CNN_ADD_ROWS_N(11) CNN_ADD_ROWS_N(12)    \
+            CNN_ADD_ROWS_N(13) CNN_ADD_ROWS_N(14) CNN_ADD_ROWS_N(15) CNN_ADD_ROWS_N(16)   \
+            default: CNN_ADD_ROWS_LOOP(n)                                                 \
             }                                                                             \
         } else {                                                                          \
             for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {  \
