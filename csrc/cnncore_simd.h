@@ -1,6 +1,7 @@
 /* Small C helpers for the Cython kernels: loops that want `restrict` and `#pragma omp simd`,
  * and the flush-to-zero switch. Included from Cython with `cdef extern from "cnncore_simd.h"`.
- * Every helper exists for float (suffix _f) and double (suffix _d). */
+ * Every typed helper exists for float (suffix _f) and double (suffix _d); cnn_copy_rows and
+ * cnn_zero_rows, under the typed im2col row helpers, work on bytes. */
 #ifndef CNNCORE_SIMD_H
 #define CNNCORE_SIMD_H
 

@@ -10,6 +10,10 @@ an order that does not depend on the thread count, so results are bit-identical 
 im2col row ``r = (c*kh + i)*kw + j``, column ``p = oh*Wo + ow`` holds
 ``x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` (zero outside the image).
 A 1x1, stride-1, unpadded convolution needs no im2col: x itself is the column matrix.
+For the weight gradient the caller may ask for the transposed matrix, (P x Kg), built
+directly by _im2col_t (BLAS is faster untransposed there for small products; see
+functional._transposed_dw_cols). The rows these copies move are short, so the C helpers
+(cnn_gather_rows, cnn_scatter_add_rows) take a whole block of rows per call.
 """
 from libc.string cimport memset
 from cython cimport floating
