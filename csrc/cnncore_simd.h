@@ -1,6 +1,7 @@
 /* Small C helpers for the Cython kernels: loops that want `restrict` and `#pragma omp simd`,
  * and the flush-to-zero switch. Included from Cython with `cdef extern from "cnncore_simd.h"`.
- * Every helper exists for float (suffix _f) and double (suffix _d). */
+ * Every typed helper exists for float (suffix _f) and double (suffix _d); cnn_copy_rows and
+ * cnn_zero_rows, under the typed im2col row helpers, work on bytes. */
 #ifndef CNNCORE_SIMD_H
 #define CNNCORE_SIMD_H
 
@@ -24,20 +25,118 @@
 #define CNN_LANES 8  /* partial sums of cnn_dot: one AVX register of floats */
 #define CNN_POOL_CHUNK 256  /* output columns per pass of cnn_max_pool_2x2_arg */
 
-/* dst[i] = src[i * stride] for i in [0, n): one im2col row segment (a strided gather). */
-#define CNN_DEFINE_GATHER(T, SUF)                                                          \
-    static inline void cnn_gather_##SUF(T *restrict dst, const T *restrict src,          \
-                                          ptrdiff_t n, ptrdiff_t stride) {                \
-        if (stride == 1) { memcpy(dst, src, (size_t)n * sizeof(T)); return; }             \
-        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = src[i * stride];             \
+/* Copy `rows` rows of nbytes (a multiple of 4): row r goes from s + r*ss to d + r*ds (byte
+ * strides). The rows of im2col are short (a few to a few tens of elements): a memcpy call
+ * per row cost more than the copy, and a plain copy loop is turned back into that call by
+ * the compiler. So a row of up to 128 bytes is copied as ceil(nbytes/16) fixed 16-byte
+ * blocks, the last one ending at the row's end (it may overlap the one before; each is one
+ * vector load and store), with the size dispatch done once for all rows. */
+#define CNN_ROWS(BODY) for (ptrdiff_t r = 0; r < rows; ++r, d += ds, s += ss) { BODY }
+#define CNN_CPY(off, k) memcpy(d + (off), s + (off), k)
+#define CNN_CPY16(off) CNN_CPY(off, 16)
+static inline void cnn_copy_rows(char *restrict d, ptrdiff_t ds, const char *restrict s,
+                                 ptrdiff_t ss, size_t nbytes, ptrdiff_t rows) {
+    size_t e = nbytes - 16;  /* offset of the last 16-byte block */
+    if (nbytes > 128) { CNN_ROWS(memcpy(d, s, nbytes);) return; }
+    if (nbytes < 16) {
+        if (nbytes >= 8) CNN_ROWS(CNN_CPY(0, 8); CNN_CPY(nbytes - 8, 8);)
+        else if (nbytes >= 4) CNN_ROWS(CNN_CPY(0, 4);)
+        return;
+    }
+    switch ((nbytes + 15) / 16) {
+    case 1: CNN_ROWS(CNN_CPY16(0);) break;  /* nbytes == 16 */
+    case 2: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(e);) break;
+    case 3: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(e);) break;
+    case 4: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(e);) break;
+    case 5: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(e);) break;
+    case 6: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(64); CNN_CPY16(e);) break;
+    case 7: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                     CNN_CPY16(64); CNN_CPY16(80); CNN_CPY16(e);) break;
+    default: CNN_ROWS(CNN_CPY16(0); CNN_CPY16(16); CNN_CPY16(32); CNN_CPY16(48);
+                      CNN_CPY16(64); CNN_CPY16(80); CNN_CPY16(96); CNN_CPY16(e);) break;
+    }
+}
+#undef CNN_CPY16
+#undef CNN_ROWS
+#undef CNN_CPY
+
+/* Zero `rows` rows of nbytes (a multiple of 4), d + r*ds for r in [0, rows): the short
+ * margins of im2col blocks that reach the padding, with cnn_copy_rows' blocks read from a
+ * constant zero row. */
+static const char cnn_zero_row[128] = {0};
+static inline void cnn_zero_rows(char *d, ptrdiff_t ds, size_t nbytes, ptrdiff_t rows) {
+    if (nbytes > sizeof(cnn_zero_row)) {
+        for (ptrdiff_t r = 0; r < rows; ++r, d += ds) memset(d, 0, nbytes);
+        return;
+    }
+    cnn_copy_rows(d, ds, cnn_zero_row, 0, nbytes, rows);
+}
+
+/* im2col rows: dst[r*dst_stride + k] = src[r*src_stride + k*step], k in [0, n), r in
+ * [0, rows); and dst[r*dst_stride + k] = 0. */
+#define CNN_DEFINE_GATHER_ROWS(T, SUF)                                                     \
+    static inline void cnn_gather_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride,      \
+                                               const T *restrict src, ptrdiff_t src_stride, \
+                                               ptrdiff_t n, ptrdiff_t step, ptrdiff_t rows) { \
+        if (step == 1) {                                                                  \
+            cnn_copy_rows((char *)dst, dst_stride * (ptrdiff_t)sizeof(T),                 \
+                          (const char *)src, src_stride * (ptrdiff_t)sizeof(T),           \
+                          (size_t)n * sizeof(T), rows);                                   \
+            return;                                                                       \
+        }                                                                                 \
+        for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {      \
+            CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k] = src[k * step];            \
+        }                                                                                 \
+    }                                                                                     \
+    static inline void cnn_zero_rows_##SUF(T *dst, ptrdiff_t dst_stride, ptrdiff_t n,    \
+                                             ptrdiff_t rows) {                            \
+        cnn_zero_rows((char *)dst, dst_stride * (ptrdiff_t)sizeof(T),                     \
+                      (size_t)n * sizeof(T), rows);                                       \
     }
 
-/* dst[i * stride] += src[i] for i in [0, n): one col2im row segment (a strided scatter-add).
- * With stride >= 1 no two i hit the same dst element, so the loop has no dependence. */
-#define CNN_DEFINE_SCATTER_ADD(T, SUF)                                                     \
-    static inline void cnn_scatter_add_##SUF(T *restrict dst, const T *restrict src,     \
-                                               ptrdiff_t n, ptrdiff_t stride) {           \
-        CNN_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i * stride] += src[i];            \
+/* col2im rows, the adjoint of cnn_gather_rows: dst[r*dst_stride + k*step] += src[r*src_stride
+ * + k], k in [0, n), r in [0, rows). With step >= 1 no two k of a row hit the same dst
+ * element, so the inner loop has no dependence. */
+#define CNN_ADD_ROWS_LOOP(N)                                                               \
+    for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {          \
+        CNN_SIMD for (ptrdiff_t k = 0; k < (N); ++k) dst[k] += src[k];                    \
+    }
+#define CNN_ADD_ROWS_N(N) case N: CNN_ADD_ROWS_LOOP(N) break;
+#define CNN_DEFINE_SCATTER_ADD_ROWS(T, SUF)                                                \
+    static inline void cnn_scatter_add_rows_##SUF(T *restrict dst, ptrdiff_t dst_stride, \
+                                                    const T *restrict src,                \
+                                                    ptrdiff_t src_stride, ptrdiff_t n,    \
+                                                    ptrdiff_t step, ptrdiff_t rows) {     \
+        if (step == 1) {                                                                  \
+            switch (n) { /* short rows: a fixed length, unrolled without loop control */  \
+            CNN_ADD_ROWS_N(1) CNN_ADD_ROWS_N(2) CNN_ADD_ROWS_N(3) CNN_ADD_ROWS_N(4)       \
+            CNN_ADD_ROWS_N(5) CNN_ADD_ROWS_N(6) CNN_ADD_ROWS_N(7) CNN_ADD_ROWS_N(8)       \
+            CNN_ADD_ROWS_N(9) CNN_ADD_ROWS_N(10) CNN_ADD_ROWS_N(11) CNN_ADD_ROWS_N(12)    \
+            CNN_ADD_ROWS_N(13) CNN_ADD_ROWS_N(14) CNN_ADD_ROWS_N(15) CNN_ADD_ROWS_N(16)   \
+            default: CNN_ADD_ROWS_LOOP(n)                                                 \
+            }                                                                             \
+        } else {                                                                          \
+            for (ptrdiff_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {  \
+                CNN_SIMD for (ptrdiff_t k = 0; k < n; ++k) dst[k * step] += src[k];       \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+/* acc[k] += sum of x[i] over i = k (mod CNN_LANES), i in [0, n): CNN_LANES independent
+ * double partial sums (a single running sum is one long chain of dependent adds), always
+ * in the same order. The caller adds the lanes up at the end. */
+#define CNN_DEFINE_SUM_LANES(T, SUF)                                                       \
+    static inline void cnn_sum_lanes_##SUF(double *restrict acc, const T *restrict x,    \
+                                             ptrdiff_t n) {                               \
+        double a[CNN_LANES];                                                              \
+        ptrdiff_t i = 0, k;                                                               \
+        for (k = 0; k < CNN_LANES; ++k) a[k] = acc[k];                                    \
+        for (; i + CNN_LANES <= n; i += CNN_LANES)                                        \
+            for (k = 0; k < CNN_LANES; ++k) a[k] += (double)x[i + k];                     \
+        for (k = 0; i < n; ++i, ++k) a[k] += (double)x[i];                                \
+        for (k = 0; k < CNN_LANES; ++k) acc[k] = a[k];                                    \
     }
 
 /* ReLU family on a contiguous block, written as selects so that the compiler vectorises
@@ -188,10 +287,12 @@ CNN_DEFINE_AXPY(float, f)
 CNN_DEFINE_AXPY(double, d)
 CNN_DEFINE_RELU(float, f)
 CNN_DEFINE_RELU(double, d)
-CNN_DEFINE_GATHER(float, f)
-CNN_DEFINE_GATHER(double, d)
-CNN_DEFINE_SCATTER_ADD(float, f)
-CNN_DEFINE_SCATTER_ADD(double, d)
+CNN_DEFINE_GATHER_ROWS(float, f)
+CNN_DEFINE_GATHER_ROWS(double, d)
+CNN_DEFINE_SCATTER_ADD_ROWS(float, f)
+CNN_DEFINE_SCATTER_ADD_ROWS(double, d)
+CNN_DEFINE_SUM_LANES(float, f)
+CNN_DEFINE_SUM_LANES(double, d)
 
 /* Flush-to-zero / denormals-are-zero for the calling thread (x86 MXCSR bits 15 and 6).
  * Returns the previous MXCSR value so the caller can restore it; a no-op returning 0 elsewhere. */

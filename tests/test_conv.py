@@ -161,6 +161,76 @@ def test_conv2d_backward_matches_reference(cfg, dtype, rng):
     assert_close(gb, eb, dtype, "grad_bias")
 
 
+# ----------------------------------------------------------------------------- weight-gradient layouts
+
+# The im2col weight gradient reads its column matrix as (k_g x P) or, built transposed by
+# _im2col_t, as (P x k_g); F._transposed_dw_cols picks one from the shapes. These tests force
+# each layout on every configuration above and on shapes that exercise _im2col_t's borders.
+DW_LAYOUT_CONV2D = {
+    "lenet-conv1": _cfg(3, 1, 6, 28, 28, 5, padding=2),
+    "lenet-conv2": _cfg(3, 6, 16, 14, 14, 5),
+    "borders-both-sides": _cfg(2, 3, 4, 5, 9, (2, 4), stride=(1, 2), padding=(1, 3),
+                               dilation=(2, 1)),
+    "kernel-wider-than-image": _cfg(1, 2, 3, 3, 3, 5, padding=2),  # no interior column
+    "strided-dilated-padded": _cfg(2, 2, 2, 8, 10, 3, stride=3, padding=2, dilation=3),
+    "groups-padded": _cfg(2, 4, 6, 6, 7, 3, padding=1, groups=2),
+    "rectangular-kernel-1xk": _cfg(2, 5, 3, 4, 9, (1, 7), padding=(0, 3)),
+}
+DW_LAYOUT_PARAMS = CONV2D_PARAMS + [pytest.param(c, id=n) for n, c in DW_LAYOUT_CONV2D.items()]
+
+
+@pytest.fixture(params=[False, True], ids=["cols-kxp", "cols-pxk"])
+def forced_dw_layout(request, monkeypatch):
+    """Force one column layout for the weight gradient; record the calls that asked."""
+    calls = []
+
+    def forced(k_g, p, pointwise):
+        calls.append((k_g, p))
+        return request.param
+
+    monkeypatch.setattr(F, "_transposed_dw_cols", forced)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", DW_LAYOUT_PARAMS)
+def test_conv2d_backward_both_dw_layouts_match_reference(cfg, dtype, rng, forced_dw_layout):
+    x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
+    gy = rng.standard_normal(expected_conv2d_shape(cfg)).astype(dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **hyper(cfg))
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg))
+    assert_close(gx, ex, dtype, "grad_x")
+    assert_close(gw, ew, dtype, "grad_weight")
+    assert_close(gb, eb, dtype, "grad_bias")
+    depthwise = w.shape[1] == 1 and cfg["groups"] > 1  # conv_direct: no column matrix
+    assert len(forced_dw_layout) == (0 if depthwise else 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_every_short_row_length(dtype, rng, forced_dw_layout):
+    """im2col copies rows of up to 128 bytes as fixed 16-byte blocks, by cases on the length:
+    rows of 1 to 40 elements (image rows for _im2col, kernel rows for _im2col_t), padded
+    and not."""
+    for n_el in range(1, 41):
+        for cfg in (_cfg(2, 2, 3, 3, n_el + 2, 3, padding=(0, 1)),   # rows of n_el outputs
+                    _cfg(1, 2, 2, 2, n_el + 1, (1, n_el)),           # rows of n_el taps
+                    _cfg(1, 1, 2, 3, n_el, (2, n_el), padding=(1, 2))):
+            x, w, b = make_conv2d_inputs(cfg, dtype, rng)
+            assert_close(F.conv2d(x, w, b, **hyper(cfg)),
+                         R.conv2d(*as_float64(x, w, b), **hyper(cfg)), dtype, "conv2d")
+            gy = rng.standard_normal(expected_conv2d_shape(cfg)).astype(dtype)
+            got = F.conv2d_backward(gy, x, w, **hyper(cfg))
+            for a, e, name in zip(got, R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg)),
+                                  ["grad_x", "grad_weight", "grad_bias"]):
+                assert_close(a, e, dtype, f"{name} ({n_el} elements)")
+
+
+def test_transposed_dw_cols_rule():
+    assert F._transposed_dw_cols(150, 100, False)      # LeNet conv2: 6*5*5 x 10*10
+    assert not F._transposed_dw_cols(25, 784, False)   # LeNet conv1: 1*5*5 x 28*28
+    assert not F._transposed_dw_cols(16, 16, True)     # 1x1: x is the column matrix
+
+
 # ----------------------------------------------------------------------------- conv2d vs formulas
 
 @pytest.mark.parametrize("dtype", DTYPES)

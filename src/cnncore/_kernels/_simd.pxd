@@ -4,10 +4,23 @@ from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "cnncore_simd.h" nogil:
-    void cnn_gather_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
-    void cnn_gather_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride)
-    void cnn_scatter_add_f(float* dst, const float* src, Py_ssize_t n, Py_ssize_t stride)
-    void cnn_scatter_add_d(double* dst, const double* src, Py_ssize_t n, Py_ssize_t stride)
+    enum: CNN_LANES
+    void cnn_gather_rows_f(float* dst, Py_ssize_t dst_stride, const float* src,
+                           Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                           Py_ssize_t rows)
+    void cnn_gather_rows_d(double* dst, Py_ssize_t dst_stride, const double* src,
+                           Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                           Py_ssize_t rows)
+    void cnn_zero_rows_f(float* dst, Py_ssize_t dst_stride, Py_ssize_t n, Py_ssize_t rows)
+    void cnn_zero_rows_d(double* dst, Py_ssize_t dst_stride, Py_ssize_t n, Py_ssize_t rows)
+    void cnn_scatter_add_rows_f(float* dst, Py_ssize_t dst_stride, const float* src,
+                                Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                                Py_ssize_t rows)
+    void cnn_scatter_add_rows_d(double* dst, Py_ssize_t dst_stride, const double* src,
+                                Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                                Py_ssize_t rows)
+    void cnn_sum_lanes_f(double* acc, const float* x, Py_ssize_t n)
+    void cnn_sum_lanes_d(double* acc, const double* x, Py_ssize_t n)
     unsigned int cnn_set_flush_denormals(int enable)
     void cnn_restore_mxcsr(unsigned int old)
     void cnn_leaky_relu_f(float* y, const float* x, Py_ssize_t n, float slope)
@@ -41,20 +54,37 @@ cdef extern from "cnncore_simd.h" nogil:
                                 Py_ssize_t Ho, Py_ssize_t Wo)
 
 
-cdef inline void _gather(floating* dst, const floating* src, Py_ssize_t n,
-                         Py_ssize_t stride) noexcept nogil:
+cdef inline void _gather_rows(floating* dst, Py_ssize_t dst_stride, const floating* src,
+                              Py_ssize_t src_stride, Py_ssize_t n, Py_ssize_t step,
+                              Py_ssize_t rows) noexcept nogil:
     if floating is float:
-        cnn_gather_f(dst, src, n, stride)
+        cnn_gather_rows_f(dst, dst_stride, src, src_stride, n, step, rows)
     else:
-        cnn_gather_d(dst, src, n, stride)
+        cnn_gather_rows_d(dst, dst_stride, src, src_stride, n, step, rows)
 
 
-cdef inline void _scatter_add(floating* dst, const floating* src, Py_ssize_t n,
-                              Py_ssize_t stride) noexcept nogil:
+cdef inline void _zero_rows(floating* dst, Py_ssize_t dst_stride, Py_ssize_t n,
+                            Py_ssize_t rows) noexcept nogil:
     if floating is float:
-        cnn_scatter_add_f(dst, src, n, stride)
+        cnn_zero_rows_f(dst, dst_stride, n, rows)
     else:
-        cnn_scatter_add_d(dst, src, n, stride)
+        cnn_zero_rows_d(dst, dst_stride, n, rows)
+
+
+cdef inline void _scatter_add_rows(floating* dst, Py_ssize_t dst_stride,
+                                   const floating* src, Py_ssize_t src_stride, Py_ssize_t n,
+                                   Py_ssize_t step, Py_ssize_t rows) noexcept nogil:
+    if floating is float:
+        cnn_scatter_add_rows_f(dst, dst_stride, src, src_stride, n, step, rows)
+    else:
+        cnn_scatter_add_rows_d(dst, dst_stride, src, src_stride, n, step, rows)
+
+
+cdef inline void _sum_lanes(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cnn_sum_lanes_f(acc, x, n)
+    else:
+        cnn_sum_lanes_d(acc, x, n)
 
 
 cdef inline void _axpy(floating* y, const floating* x, Py_ssize_t n, Py_ssize_t stride,

@@ -10,6 +10,10 @@ an order that does not depend on the thread count, so results are bit-identical 
 im2col row ``r = (c*kh + i)*kw + j``, column ``p = oh*Wo + ow`` holds
 ``x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]`` (zero outside the image).
 A 1x1, stride-1, unpadded convolution needs no im2col: x itself is the column matrix.
+For the weight gradient the caller may ask for the transposed matrix, (P x Kg), built
+directly by _im2col_t (BLAS is faster untransposed there for small products; see
+functional._transposed_dw_cols). The rows these copies move are short, so the C helpers
+(cnn_gather_rows, cnn_scatter_add_rows) take a whole block of rows per call.
 """
 from libc.string cimport memset
 from cython cimport floating
@@ -17,7 +21,7 @@ from cython.parallel cimport prange, parallel, threadid
 
 from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _gather, _scatter_add
+from cnncore._kernels._simd cimport _gather_rows, _zero_rows, _scatter_add_rows, _sum_lanes, CNN_LANES
 
 
 cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
@@ -25,24 +29,80 @@ cdef void _im2col(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  
                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                   Py_ssize_t Ho, Py_ssize_t Wo,
                   floating* col) noexcept nogil:                                # OUT
-    cdef Py_ssize_t c, i, j, oh, ow, ih, off_w, lo, hi
+    """One (Ho x Wo) block per (c, i, j): the rectangle of outputs that read inside the
+    image, rows [oh_lo, oh_hi) x columns [lo, hi), is copied row by row; the rows above and
+    below it and the margins left and right of it (padding) are zeroed."""
+    cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
     cdef floating* dst
     for c in range(C):
         for i in range(kh):
+            off_h = i * dh - ph
+            _valid_range(off_h, sh, H, Ho, &oh_lo, &oh_hi)
             for j in range(kw):
                 off_w = j * dw - pw
                 _valid_range(off_w, sw, W, Wo, &lo, &hi)
-                for oh in range(Ho):
-                    dst = col + (((c * kh + i) * kw + j) * Ho + oh) * Wo
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= H:
-                        memset(dst, 0, Wo * sizeof(floating))
-                        continue
-                    for ow in range(lo):
-                        dst[ow] = 0
-                    _gather(dst + lo, x + (c * H + ih) * W + lo * sw + off_w, hi - lo, sw)
-                    for ow in range(hi, Wo):
-                        dst[ow] = 0
+                dst = col + ((c * kh + i) * kw + j) * Ho * Wo
+                if oh_hi <= oh_lo or hi <= lo:
+                    memset(dst, 0, Ho * Wo * sizeof(floating))
+                    continue
+                if oh_lo > 0:
+                    memset(dst, 0, oh_lo * Wo * sizeof(floating))
+                if oh_hi < Ho:
+                    memset(dst + oh_hi * Wo, 0, (Ho - oh_hi) * Wo * sizeof(floating))
+                dst = dst + oh_lo * Wo
+                if lo > 0:
+                    _zero_rows(dst, Wo, lo, oh_hi - oh_lo)
+                if hi < Wo:
+                    _zero_rows(dst + hi, Wo, Wo - hi, oh_hi - oh_lo)
+                _gather_rows(dst + lo, Wo,
+                             x + (c * H + oh_lo * sh + off_h) * W + lo * sw + off_w,
+                             sh * W, hi - lo, sw, oh_hi - oh_lo)
+
+
+cdef void _im2col_t(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t Ho, Py_ssize_t Wo,
+                    floating* colt) noexcept nogil:                               # OUT
+    """The transpose of _im2col's matrix, (Ho*Wo) x (C*kh*kw): ``colt[p, r] = col[r, p]``.
+
+    Per (oh, c, i), each output column ow reads a run of kw pixels of one image row; the
+    columns whose whole run is inside the image, ow in [ow_a, ow_b), are copied as Wo rows
+    of kw elements, and only the few at the borders need their own bounds.
+    """
+    cdef Py_ssize_t Kg = C * kh * kw
+    cdef Py_ssize_t oh, ow, c, i, ih, ow_a, ow_b
+    cdef const floating* src
+    cdef floating* dst
+    if ph > 0 or pw > 0:
+        memset(colt, 0, Ho * Wo * Kg * sizeof(floating))
+    _valid_range(-pw, sw, W - (kw - 1) * dw, Wo, &ow_a, &ow_b)
+    for oh in range(Ho):
+        for c in range(C):
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                src = x + (c * H + ih) * W
+                dst = colt + oh * Wo * Kg + (c * kh + i) * kw
+                if ow_b > ow_a:
+                    _gather_rows(dst + ow_a * Kg, Kg, src + (ow_a * sw - pw), sw, kw, dw,
+                                 ow_b - ow_a)
+                for ow in range(ow_a):
+                    _im2col_t_edge(src, W, kw, sw, dw, pw, ow, dst + ow * Kg)
+                for ow in range(ow_b, Wo):
+                    _im2col_t_edge(src, W, kw, sw, dw, pw, ow, dst + ow * Kg)
+
+
+cdef inline void _im2col_t_edge(const floating* src, Py_ssize_t W, Py_ssize_t kw,  # IN
+                                Py_ssize_t sw, Py_ssize_t dw, Py_ssize_t pw, Py_ssize_t ow,
+                                floating* dst) noexcept nogil:                       # OUT
+    """The kw taps of output column ow that fall inside the image row ``src`` (the others
+    stay 0)."""
+    cdef Py_ssize_t j_lo, j_hi
+    _valid_range(ow * sw - pw, dw, W, kw, &j_lo, &j_hi)
+    if j_hi > j_lo:
+        _gather_rows(dst + j_lo, 0, src + (ow * sw - pw + j_lo * dw), 0, j_hi - j_lo, dw, 1)
 
 
 cdef void _col2im(const floating* col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # IN
@@ -50,29 +110,32 @@ cdef void _col2im(const floating* col, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                   Py_ssize_t Ho, Py_ssize_t Wo,
                   floating* dx) noexcept nogil:                                   # OUT
-    """Adjoint of _im2col: every column entry is added back to the pixel it was read from."""
-    cdef Py_ssize_t c, i, j, oh, ih, off_w, lo, hi
+    """Adjoint of _im2col: every column entry is added back to the pixel it was read from
+    (per (c, i, j) block, its rectangle of outputs that read inside the image)."""
+    cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
     memset(dx, 0, C * H * W * sizeof(floating))
     for c in range(C):
         for i in range(kh):
+            off_h = i * dh - ph
+            _valid_range(off_h, sh, H, Ho, &oh_lo, &oh_hi)
+            if oh_hi <= oh_lo:
+                continue
             for j in range(kw):
                 off_w = j * dw - pw
                 _valid_range(off_w, sw, W, Wo, &lo, &hi)
                 if hi <= lo:
                     continue
-                for oh in range(Ho):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    _scatter_add(dx + (c * H + ih) * W + lo * sw + off_w,
-                                 col + (((c * kh + i) * kw + j) * Ho + oh) * Wo + lo,
-                                 hi - lo, sw)
+                _scatter_add_rows(dx + (c * H + oh_lo * sh + off_h) * W + lo * sw + off_w,
+                                  sh * W,
+                                  col + (((c * kh + i) * kw + j) * Ho + oh_lo) * Wo + lo, Wo,
+                                  hi - lo, sw, oh_hi - oh_lo)
 
 
 cdef struct Geometry:
     Py_ssize_t N, C, H, W, C_out, Cg, kh, kw, Ho, Wo, groups, og, Kg, P
     Py_ssize_t sh, sw, ph, pw, dh, dw
     bint pointwise
+    bint dw_t  # weight gradient from the transposed column matrix (see _backward_chunk)
 
 
 cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -88,6 +151,7 @@ cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
     g.Kg = Cg * kh * kw
     g.P = Ho * Wo
     g.pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    g.dw_t = False
     return g
 
 
@@ -145,7 +209,10 @@ cdef void _backward_chunk(const Geometry* g, Py_ssize_t n0, Py_ssize_t n1,
                           floating* col) noexcept nogil:
     """Samples [n0, n1): their weight gradient summed in order into ``dw_part``
     (``dw_g += dy_g (og x P) @ col_g^T (P x Kg)``) and, if asked, ``dx[n]`` via
-    ``col = w_g^T (Kg x og) @ dy_g`` followed by col2im."""
+    ``col = w_g^T (Kg x og) @ dy_g`` followed by col2im.
+
+    With ``g.dw_t`` the weight gradient reads the column matrix built transposed,
+    (P x Kg) by _im2col_t, so that BLAS gets it untransposed (see conv2d_backward)."""
     cdef Py_ssize_t n, grp
     cdef Py_ssize_t x_stride = g.C * g.H * g.W, y_stride = g.C_out * g.P
     cdef Py_ssize_t x_group = g.Cg * g.H * g.W, y_group = g.og * g.P
@@ -160,15 +227,22 @@ cdef void _backward_chunk(const Geometry* g, Py_ssize_t n0, Py_ssize_t n1,
             xs = x + n * x_stride + grp * x_group
             dys = dy + n * y_stride + grp * y_group
             dxs = dx + n * x_stride + grp * x_group
-            if g.pointwise:
-                colp = xs
+            if g.dw_t:
+                _im2col_t(xs, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+                          g.dh, g.dw, g.Ho, g.Wo, col)
+                _gemm(NoTrans, NoTrans, <int> g.og, <int> g.Kg, <int> g.P, <floating> 1,
+                      dys, <int> g.P, col, <int> g.Kg, beta,
+                      dw_part + grp * g.og * g.Kg, <int> g.Kg)
             else:
-                _im2col(xs, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
-                        g.dh, g.dw, g.Ho, g.Wo, col)
-                colp = col
-            _gemm(NoTrans, Trans, <int> g.og, <int> g.Kg, <int> g.P, <floating> 1,
-                  dys, <int> g.P, colp, <int> g.P, beta,
-                  dw_part + grp * g.og * g.Kg, <int> g.Kg)
+                if g.pointwise:
+                    colp = xs
+                else:
+                    _im2col(xs, g.Cg, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
+                            g.dh, g.dw, g.Ho, g.Wo, col)
+                    colp = col
+                _gemm(NoTrans, Trans, <int> g.og, <int> g.Kg, <int> g.P, <floating> 1,
+                      dys, <int> g.P, colp, <int> g.P, beta,
+                      dw_part + grp * g.og * g.Kg, <int> g.Kg)
             if not need_dx:
                 continue
             if g.pointwise:
@@ -190,8 +264,12 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
                     floating[:, :, ::1] dw_part,        # OUT (n_chunks, C_out, Kg)
                     floating[:, ::1] work,              # scratch (n_threads, >= Kg*Ho*Wo)
                     int sh, int sw, int ph, int pw, int dh, int dw, int groups,
-                    bint need_dx, int n_threads):
+                    bint need_dx, bint dw_t, int n_threads):
     """Input gradient into ``dx`` and per-chunk weight gradients into ``dw_part``.
+
+    ``dw_t`` builds the weight gradient's column matrix transposed, (P x Kg) instead of
+    (Kg x P). Both give the same gradient up to rounding; which is faster depends on the
+    shapes (the caller chooses, from the shapes only).
 
     The batch is cut into ``n_chunks = dw_part.shape[0]`` fixed chunks (chosen by the caller
     from the shapes only); chunk c covers samples [c*N//n_chunks, (c+1)*N//n_chunks) and
@@ -201,6 +279,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3],
                                 w.shape[0], w.shape[1], w.shape[2], w.shape[3],
                                 dy.shape[2], dy.shape[3], sh, sw, ph, pw, dh, dw, groups)
+    g.dw_t = dw_t
     cdef Py_ssize_t n_chunks = dw_part.shape[0]
     cdef Py_ssize_t chunk, tid = 0
     cdef floating* col = NULL
@@ -234,11 +313,15 @@ def sum_chunks(const floating[:, ::1] parts,   # IN  (n_chunks, M)
 
 cdef void _channel_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t P,
                        floating* out) noexcept nogil:
-    cdef Py_ssize_t n, p
+    cdef Py_ssize_t n, k
+    cdef double acc[CNN_LANES]
     cdef double s = 0
+    for k in range(CNN_LANES):
+        acc[k] = 0
     for n in range(N):
-        for p in range(P):
-            s = s + dy[n * stride + p]
+        _sum_lanes(acc, dy + n * stride, P)
+    for k in range(CNN_LANES):
+        s = s + acc[k]
     out[0] = <floating> s
 
 
@@ -246,7 +329,7 @@ def bias_grad(const floating[:, :, ::1] dy,   # IN  (N, C_out, P)
               floating[::1] db,               # OUT (C_out,)
               int n_threads):
     """``db[o] = sum over n and p of dy[n, o, p]``, one channel per task, accumulated in
-    double in a fixed order."""
+    double partial sums (see cnn_sum_lanes) in a fixed order."""
     cdef Py_ssize_t o
     cdef Py_ssize_t C_out = dy.shape[1], P = dy.shape[2]
     for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
