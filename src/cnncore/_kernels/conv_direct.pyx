@@ -9,13 +9,63 @@ output rows instead: for each tap (i, j) an output row gets ``w[o, 0, i, j]`` ti
 Output channel o reads input channel ``o // (C_out / groups)``. Each output sums its taps
 in (i, j) order; the weight gradient of a channel sums the batch in order inside one task,
 so results are the same for any thread count.
+
+3x3 stride-1 undilated kernels (the depthwise layers of MobileNet-style networks) take the
+plane kernels of csrc/cnncore_direct.h instead: one pass per output row with the nine
+weights in registers; the input gradient is the same kernel on dy with the flipped weights
+and padding 2 - p; the weight gradient gets nine sums per (image, channel) plane, stored
+per image and then added over the batch in order (still one fixed order per channel).
 """
+import numpy as np
+
 from libc.string cimport memset
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 from cnncore._kernels._geometry cimport _valid_range
 from cnncore._kernels._simd cimport _axpy, _scatter_axpy, _dot
+
+
+cdef extern from "cnncore_direct.h" nogil:
+    void cnn_dw3_pad_f(float* xp, const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hp,
+                       Py_ssize_t Wp, Py_ssize_t ph, Py_ssize_t pw)
+    void cnn_dw3_pad_d(double* xp, const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hp,
+                       Py_ssize_t Wp, Py_ssize_t ph, Py_ssize_t pw)
+    void cnn_dw3_plane_f(float* y, const float* xp, const float* w, float bias, int accumulate,
+                         Py_ssize_t Ho, Py_ssize_t Wo)
+    void cnn_dw3_plane_d(double* y, const double* xp, const double* w, double bias,
+                         int accumulate, Py_ssize_t Ho, Py_ssize_t Wo)
+    void cnn_dw3_wgrad_plane_f(double* out, const float* dy, const float* xp, Py_ssize_t Ho,
+                               Py_ssize_t Wo)
+    void cnn_dw3_wgrad_plane_d(double* out, const double* dy, const double* xp, Py_ssize_t Ho,
+                               Py_ssize_t Wo)
+
+
+cdef inline void _dw3_pad(floating* xp, const floating* x, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t ph,
+                          Py_ssize_t pw) noexcept nogil:
+    """xp ((Ho + 2) x (Wo + 2)) = the H x W plane x after ph rows and pw columns of zeros,
+    zeros after it too."""
+    if floating is float:
+        cnn_dw3_pad_f(xp, x, H, W, Ho + 2, Wo + 2, ph, pw)
+    else:
+        cnn_dw3_pad_d(xp, x, H, W, Ho + 2, Wo + 2, ph, pw)
+
+
+cdef inline void _dw3_plane(floating* y, const floating* xp, const floating* w, floating bias,
+                            int accumulate, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        cnn_dw3_plane_f(y, xp, w, bias, accumulate, Ho, Wo)
+    else:
+        cnn_dw3_plane_d(y, xp, w, bias, accumulate, Ho, Wo)
+
+
+cdef inline void _dw3_wgrad_plane(double* out, const floating* dy, const floating* xp,
+                                  Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        cnn_dw3_wgrad_plane_f(out, dy, xp, Ho, Wo)
+    else:
+        cnn_dw3_wgrad_plane_d(out, dy, xp, Ho, Wo)
 
 
 cdef struct Plane:
@@ -82,6 +132,11 @@ cdef void _backward_weight_channel(const Plane* g, const floating* dy, const flo
             dw[i * g.kw + j] = <floating> s
 
 
+cdef bint _is_dw3(const Plane* g) noexcept nogil:
+    """A 3x3 stride-1 undilated kernel: the plane kernels of csrc/cnncore_direct.h."""
+    return g.kh == 3 and g.kw == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
+
+
 cdef Plane _plane(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
                   Py_ssize_t kw, int sh, int sw, int ph, int pw, int dh, int dw):
     cdef Plane g
@@ -99,7 +154,22 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                           w.shape[3], sh, sw, ph, pw, dh, dw)
     cdef Py_ssize_t C_out = w.shape[0], og = w.shape[0] // x.shape[1]
     cdef bint has_bias = bias.shape[0] > 0
-    cdef Py_ssize_t t, n, o
+    cdef Py_ssize_t C = x.shape[1], t, n, c, o, k
+    cdef floating* xp
+    cdef floating[:, ::1] pad
+    if _is_dw3(&g):
+        # one task per (image, input channel): its plane padded once for its og outputs
+        pad = np.empty((n_threads, (g.Ho + 2) * (g.Wo + 2)), dtype=np.asarray(x).dtype)
+        for t in prange(x.shape[0] * C, nogil=True, schedule='static', num_threads=n_threads):
+            n = t // C
+            c = t % C
+            xp = &pad[threadid(), 0]
+            _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw)
+            for k in range(og):
+                o = c * og + k
+                _dw3_plane(&y[n, o, 0, 0], xp, &w[o, 0, 0, 0], bias[o] if has_bias else 0,
+                           0, g.Ho, g.Wo)
+        return
     for t in prange(x.shape[0] * C_out, nogil=True, schedule='static', num_threads=n_threads):
         n = t // C_out
         o = t % C_out
@@ -119,6 +189,9 @@ def backward(const floating[:, :, :, ::1] dy,   # IN  (N, C_out, Ho, Wo)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], C_out = w.shape[0]
     cdef Py_ssize_t og = C_out // C, P = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t t, n, c, o
+    if _is_dw3(&g):
+        _dw3_backward(&g, dy, x, w, dx, dw, need_dx, n_threads)
+        return
     for t in prange(N * C if need_dx else 0, nogil=True, schedule='static',
                     num_threads=n_threads):
         n = t // C
@@ -128,3 +201,41 @@ def backward(const floating[:, :, :, ::1] dy,   # IN  (N, C_out, Ho, Wo)
     for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
         _backward_weight_channel(&g, &dy[0, o, 0, 0], &x[0, o // og, 0, 0], N, C_out * P,
                                  C * g.H * g.W, &dw[o, 0, 0, 0])
+
+
+cdef void _dw3_backward(const Plane* g, const floating[:, :, :, ::1] dy,
+                        const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                        floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, bint need_dx,
+                        int n_threads):
+    """backward() for 3x3 stride-1 kernels: one task per (image, input channel) plane does
+    its dx plane and the nine weight-gradient sums of its output channels (``part``, per
+    image); then each channel adds its ``part`` rows over the batch in order."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], C_out = w.shape[0], og = C_out // C
+    cdef Py_ssize_t t, n, c, o, k
+    cdef double s
+    cdef floating* xp
+    cdef floating* gp
+    # dx = dy padded by 2 - p, correlated with the flipped kernel
+    cdef floating[:, ::1] w_flip = np.ascontiguousarray(
+        np.asarray(w).reshape(C_out, 9)[:, ::-1])
+    cdef double[:, :, ::1] part = np.empty((N, C_out, 9), dtype=np.float64)
+    cdef Py_ssize_t size = (g.Ho + 2) * (g.Wo + 2) + (g.H + 2) * (g.W + 2)
+    cdef floating[:, ::1] pad = np.empty((n_threads, size), dtype=np.asarray(x).dtype)
+    for t in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = t // C
+        c = t % C
+        xp = &pad[threadid(), 0]
+        gp = xp + (g.Ho + 2) * (g.Wo + 2)
+        _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw)
+        for k in range(og):
+            o = c * og + k
+            _dw3_wgrad_plane(&part[n, o, 0], &dy[n, o, 0, 0], xp, g.Ho, g.Wo)
+            if need_dx:
+                _dw3_pad(gp, &dy[n, o, 0, 0], g.Ho, g.Wo, g.H, g.W, 2 - g.ph, 2 - g.pw)
+                _dw3_plane(&dx[n, c, 0, 0], gp, &w_flip[o, 0], 0, k > 0, g.H, g.W)
+    for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
+        for k in range(9):
+            s = 0
+            for n in range(N):
+                s = s + part[n, o, k]
+            dw[o, 0, k // 3, k % 3] = <floating> s
