@@ -491,6 +491,75 @@ def test_conv2d_backward_without_grad_x(cfg, module, rng):
         gw1, module.conv1d_backward(gy1[:, :, :x1.shape[2] - w1.shape[2] + 1], x1, w1, **kw)[1])
 
 
+# ----------------------------------------------------------------------------- depthwise planes
+
+# Depthwise 3x3 stride-1 convolutions (one input channel per group) run through the plane
+# kernels of csrc/cnncore_direct.h (conv_direct.pyx, _is_dw3): padded plane copies, dx as
+# the flipped kernel on dy padded by 2 - p (negative for p = 3), dw per plane then over the
+# batch. Stride 2 keeps conv_direct's general path. c_out = 2 * c_in: channel multiplier 2.
+DEPTHWISE_CONV2D = {
+    "1x1-image": _cfg(2, 3, 3, 1, 1, 3, padding=1),
+    "1x1-image-padding-2": _cfg(1, 2, 4, 1, 1, 3, padding=2),
+    "image-smaller-than-kernel": _cfg(2, 3, 6, 2, 2, 3, padding=1),
+    "w1": _cfg(2, 2, 2, 5, 1, 3, padding=1),
+    "w2-padding-2": _cfg(2, 2, 4, 3, 2, 3, padding=2, bias=False),
+    "w3-valid": _cfg(3, 3, 3, 4, 3, 3),
+    "w5": _cfg(2, 4, 4, 6, 5, 3, padding=1),
+    "w17-valid": _cfg(2, 3, 6, 5, 17, 3),
+    "w17-padding-2": _cfg(2, 3, 3, 3, 17, 3, padding=2),
+    "rectangular-padding": _cfg(2, 3, 6, 4, 9, 3, padding=(0, 2)),
+    "rectangular-padding-2-1": _cfg(2, 2, 2, 9, 5, 3, padding=(2, 1)),
+    "padding-3": _cfg(2, 2, 4, 4, 6, 3, padding=3),  # dx padding 2 - 3 < 0
+    "multiplier-2-28x28": _cfg(3, 4, 8, 28, 28, 3, padding=1),
+    "multiplier-3": _cfg(2, 2, 6, 7, 6, 3, padding=1),
+    "batch-13": _cfg(13, 5, 5, 6, 7, 3, padding=1),
+    "stride-2": _cfg(2, 3, 6, 9, 8, 3, stride=2, padding=1),  # general path
+    "stride-2-w5": _cfg(2, 2, 2, 5, 5, 3, stride=(2, 1), padding=(0, 2)),
+}
+DEPTHWISE_PARAMS = [pytest.param(c, id=n) for n, c in DEPTHWISE_CONV2D.items()]
+
+
+def _depthwise(cfg):
+    return dict(cfg, groups=cfg["c_in"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", DEPTHWISE_PARAMS)
+def test_depthwise_conv2d_matches_reference(cfg, dtype, rng):
+    cfg = _depthwise(cfg)
+    x, w, b = make_conv2d_inputs(cfg, dtype, rng)
+    assert w.shape[1] == 1 and cfg["groups"] > 1  # conv_direct
+    y = F.conv2d(x, w, b, **hyper(cfg))
+    assert y.shape == expected_conv2d_shape(cfg)
+    assert_close(y, R.conv2d(*as_float64(x, w, b), **hyper(cfg)), dtype, "conv2d")
+
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **hyper(cfg))
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg))
+    assert_close(gx, ex, dtype, "grad_x")
+    assert_close(gw, ew, dtype, "grad_weight")
+    assert_close(gb, eb, dtype, "grad_bias")
+    none, gw2, _ = F.conv2d_backward(gy, x, w, **hyper(cfg), need_grad_x=False)
+    assert none is None
+    np.testing.assert_array_equal(gw2, gw)
+
+
+@pytest.mark.parametrize("name", ["1x1-image", "w2-padding-2", "rectangular-padding",
+                                  "padding-3", "multiplier-3", "stride-2"])
+def test_depthwise_conv2d_gradcheck(name, rng):
+    cfg = _depthwise(DEPTHWISE_CONV2D[name])
+    x, w, b = make_conv2d_inputs(dict(cfg, bias=True), np.float64, rng)
+    kw = hyper(cfg)
+    g = rng.standard_normal(expected_conv2d_shape(cfg))
+    gx, gw, _ = F.conv2d_backward(g, x, w, **kw)
+
+    def fn(x_, w_):
+        return F.conv2d(x_, w_, b, **kw)
+
+    check_gradient(fn, (x, w), 0, gx, g, name="grad_x")
+    check_gradient(fn, (x, w), 1, gw, g, name="grad_weight")
+
+
 # ----------------------------------------------------------------------------- Winograd path
 
 # 3x3 stride-1 convolutions run through Winograd F(2x2, 3x3) (_kernels/winograd.pyx) once

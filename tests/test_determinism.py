@@ -155,6 +155,26 @@ def _(g, d):
     return lambda t: F.conv2d_backward(gy, x, w, **kw, n_threads=t)
 
 
+def _depthwise3x3_args(g, dtype):
+    # the 3x3 stride-1 plane kernels, channel multiplier 2
+    x = g.standard_normal((13, 6, 9, 10)).astype(dtype)
+    w = g.standard_normal((12, 1, 3, 3)).astype(dtype)
+    gy = g.standard_normal((13, 12, 9, 10)).astype(dtype)
+    return x, w, gy, dict(padding=1, groups=6)
+
+
+@kernel("conv2d-depthwise-3x3")
+def _(g, d):
+    x, w, _, kw = _depthwise3x3_args(g, d)
+    return lambda t: F.conv2d(x, w, **kw, n_threads=t)
+
+
+@kernel("conv2d_backward-depthwise-3x3")
+def _(g, d):
+    x, w, gy, kw = _depthwise3x3_args(g, d)
+    return lambda t: F.conv2d_backward(gy, x, w, **kw, n_threads=t)
+
+
 @kernel("conv1d")
 def _(g, d):
     x, w, b, _, kw = _conv1d_args(g, d)
