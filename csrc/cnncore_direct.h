@@ -7,7 +7,7 @@
  * with the nine weights in registers:
  *
  * - cnn_dw3_plane: y[oh, ow] (=, or += with `accumulate`) bias + sum_{i,j} w[i,j] *
- *   xp[oh + i, ow + j], taps added in (i, j) order. The input gradient of a 3x3 stride-1
+ *   xp[oh + i, ow + j] (sum order: CNN_DW3_TAPS). The input gradient of a 3x3 stride-1
  *   convolution is this kernel again: dy, padded by 2 - p, correlated with the flipped
  *   kernel.
  * - cnn_dw3_wgrad_plane: the nine sums sum_{oh,ow} dy[oh, ow] * xp[oh + i, ow + j] of one
@@ -29,11 +29,13 @@ static inline ptrdiff_t cnn_dw_clip(ptrdiff_t v, ptrdiff_t lo, ptrdiff_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* Sum of the nine taps around input column k (rows a, b, c) added to s, in (i, j) order. */
-#define CNN_DW3_TAPS(s, k)                                                                \
-    ((((((((((s) + w0 * a[k]) + w1 * a[(k) + 1]) + w2 * a[(k) + 2])                     \
-          + w3 * b[k]) + w4 * b[(k) + 1]) + w5 * b[(k) + 2])                             \
-       + w6 * c[k]) + w7 * c[(k) + 1]) + w8 * c[(k) + 2])
+/* The nine taps of the output at column k (input rows a, b, c): each row's three taps
+ * summed left to right, then the three rows. Three short chains rather than one of nine
+ * additions: no FMA in portable x86-64 code, and the 9-deep chain measured ~15% slower. */
+#define CNN_DW3_TAPS(k)                                                                   \
+    (((w0 * a[k] + w1 * a[(k) + 1]) + w2 * a[(k) + 2])                                   \
+     + ((w3 * b[k] + w4 * b[(k) + 1]) + w5 * b[(k) + 2])                                 \
+     + ((w6 * c[k] + w7 * c[(k) + 1]) + w8 * c[(k) + 2]))
 
 /* The lane sums of cnn_dw3_wgrad_plane: nine 16-byte vectors held in registers. GCC and
  * clang get them as vector-extension types (the auto-vectoriser keeps nine lane arrays in
@@ -89,8 +91,8 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
             for (ptrdiff_t q = hi; q < Wp; ++q) d[q] = 0;                                  \
         }                                                                                  \
     }                                                                                      \
-    /* y (Ho x Wo) =, or += with `accumulate`, bias + the 3x3 correlation of the padded     \
-     * plane xp ((Ho + 2) x (Wo + 2)) with w, taps added in (i, j) order. */               \
+    /* y (Ho x Wo) = bias + (or, with `accumulate`, y +) the 3x3 correlation of the padded  \
+     * plane xp ((Ho + 2) x (Wo + 2)) with w. */                                           \
     static inline void cnn_dw3_plane_##SUF(T *restrict y, const T *restrict xp,            \
                                            const T *restrict w, T bias, int accumulate,    \
                                            ptrdiff_t Ho, ptrdiff_t Wo) {                   \
@@ -102,10 +104,10 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
             T *restrict yr = y + oh * Wo;                                                  \
             if (accumulate) {                                                              \
                 CNN_DW_SIMD for (ptrdiff_t ow = 0; ow < Wo; ++ow)                          \
-                    yr[ow] = CNN_DW3_TAPS(yr[ow], ow);                                     \
+                    yr[ow] += CNN_DW3_TAPS(ow);                                            \
             } else {                                                                       \
                 CNN_DW_SIMD for (ptrdiff_t ow = 0; ow < Wo; ++ow)                          \
-                    yr[ow] = CNN_DW3_TAPS(bias, ow);                                       \
+                    yr[ow] = bias + CNN_DW3_TAPS(ow);                                      \
             }                                                                              \
         }                                                                                  \
     }                                                                                      \
