@@ -493,10 +493,12 @@ def test_conv2d_backward_without_grad_x(cfg, module, rng):
 
 # ----------------------------------------------------------------------------- depthwise planes
 
-# Depthwise 3x3 stride-1 convolutions (one input channel per group) run through the plane
-# kernels of csrc/cnncore_direct.h (conv_direct.pyx, _is_dw3): padded plane copies, dx as
-# the flipped kernel on dy padded by 2 - p (negative for p = 3), dw per plane then over the
-# batch. Stride 2 keeps conv_direct's general path. c_out = 2 * c_in: channel multiplier 2.
+# Depthwise 3x3 convolutions of stride 1 or 2 (one input channel per group) run through the
+# plane kernels of csrc/cnncore_direct.h (conv_direct.pyx, _is_dw3): padded plane copies
+# (split into even and odd columns for stride 2), dx as the flipped kernel on dy padded by
+# 2 - p (negative for p = 3) or, for stride 2, cnn_dw3_dx_s2; dw per plane, then over the
+# batch. Stride (2, 1) and dilation keep conv_direct's general path. c_out = 2 * c_in:
+# channel multiplier 2.
 DEPTHWISE_CONV2D = {
     "1x1-image": _cfg(2, 3, 3, 1, 1, 3, padding=1),
     "1x1-image-padding-2": _cfg(1, 2, 4, 1, 1, 3, padding=2),
@@ -513,8 +515,17 @@ DEPTHWISE_CONV2D = {
     "multiplier-2-28x28": _cfg(3, 4, 8, 28, 28, 3, padding=1),
     "multiplier-3": _cfg(2, 2, 6, 7, 6, 3, padding=1),
     "batch-13": _cfg(13, 5, 5, 6, 7, 3, padding=1),
-    "stride-2": _cfg(2, 3, 6, 9, 8, 3, stride=2, padding=1),  # general path
-    "stride-2-w5": _cfg(2, 2, 2, 5, 5, 3, stride=(2, 1), padding=(0, 2)),
+    "stride-2": _cfg(2, 3, 6, 9, 8, 3, stride=2, padding=1),
+    "stride-2-1x1-image": _cfg(2, 2, 2, 1, 1, 3, stride=2, padding=1),
+    "stride-2-w1": _cfg(2, 2, 4, 6, 1, 3, stride=2, padding=1),
+    "stride-2-w2-padding-2": _cfg(2, 2, 2, 5, 2, 3, stride=2, padding=2, bias=False),
+    "stride-2-w3-valid": _cfg(2, 3, 3, 3, 3, 3, stride=2),
+    "stride-2-w5": _cfg(2, 2, 4, 5, 5, 3, stride=2, padding=(0, 1)),
+    "stride-2-w17": _cfg(2, 3, 3, 6, 17, 3, stride=2, padding=(1, 2)),
+    "stride-2-padding-3": _cfg(2, 2, 2, 7, 6, 3, stride=2, padding=3),
+    "stride-2-28x28": _cfg(2, 4, 8, 28, 28, 3, stride=2, padding=1),
+    "stride-2-1-general": _cfg(2, 2, 2, 5, 5, 3, stride=(2, 1), padding=(0, 2)),
+    "dilation-2-general": _cfg(2, 2, 4, 7, 6, 3, dilation=2, padding=2),
 }
 DEPTHWISE_PARAMS = [pytest.param(c, id=n) for n, c in DEPTHWISE_CONV2D.items()]
 
@@ -545,7 +556,9 @@ def test_depthwise_conv2d_matches_reference(cfg, dtype, rng):
 
 
 @pytest.mark.parametrize("name", ["1x1-image", "w2-padding-2", "rectangular-padding",
-                                  "padding-3", "multiplier-3", "stride-2"])
+                                  "padding-3", "multiplier-3", "stride-2",
+                                  "stride-2-w2-padding-2", "stride-2-w17",
+                                  "stride-2-padding-3"])
 def test_depthwise_conv2d_gradcheck(name, rng):
     cfg = _depthwise(DEPTHWISE_CONV2D[name])
     x, w, b = make_conv2d_inputs(dict(cfg, bias=True), np.float64, rng)

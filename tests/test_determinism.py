@@ -156,7 +156,7 @@ def _(g, d):
 
 
 def _depthwise3x3_args(g, dtype):
-    # the 3x3 stride-1 plane kernels, channel multiplier 2
+    # the 3x3 stride-1 plane kernels, channel multiplier 2 (_depthwise_args: stride 2)
     x = g.standard_normal((13, 6, 9, 10)).astype(dtype)
     w = g.standard_normal((12, 1, 3, 3)).astype(dtype)
     gy = g.standard_normal((13, 12, 9, 10)).astype(dtype)

@@ -10,11 +10,13 @@ Output channel o reads input channel ``o // (C_out / groups)``. Each output sums
 in (i, j) order; the weight gradient of a channel sums the batch in order inside one task,
 so results are the same for any thread count.
 
-3x3 stride-1 undilated kernels (the depthwise layers of MobileNet-style networks) take the
-plane kernels of csrc/cnncore_direct.h instead: one pass per output row with the nine
+3x3 undilated kernels of stride 1 or 2 (the depthwise layers of MobileNet-style networks)
+take the plane kernels of csrc/cnncore_direct.h instead: one task per (image, input channel)
+plane, copied once into a zero-bordered buffer; one pass per output row with the nine
 weights in registers; the input gradient is the same kernel on dy with the flipped weights
-and padding 2 - p; the weight gradient gets nine sums per (image, channel) plane, stored
-per image and then added over the batch in order (still one fixed order per channel).
+and padding 2 - p (stride 2: cnn_dw3_dx_s2, even and odd columns apart); the weight
+gradient gets nine sums per plane, stored per image and then added over the batch in order
+(still one fixed order per channel, whatever the thread count).
 """
 import numpy as np
 
@@ -27,45 +29,67 @@ from cnncore._kernels._simd cimport _axpy, _scatter_axpy, _dot
 
 
 cdef extern from "cnncore_direct.h" nogil:
-    void cnn_dw3_pad_f(float* xp, const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hp,
-                       Py_ssize_t Wp, Py_ssize_t ph, Py_ssize_t pw)
-    void cnn_dw3_pad_d(double* xp, const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hp,
-                       Py_ssize_t Wp, Py_ssize_t ph, Py_ssize_t pw)
+    void cnn_dw3_pad_f(float* xp, const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                       Py_ssize_t Wo, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t s)
+    void cnn_dw3_pad_d(double* xp, const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                       Py_ssize_t Wo, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t s)
     void cnn_dw3_plane_f(float* y, const float* xp, const float* w, float bias, int accumulate,
-                         Py_ssize_t Ho, Py_ssize_t Wo)
+                         Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s)
     void cnn_dw3_plane_d(double* y, const double* xp, const double* w, double bias,
-                         int accumulate, Py_ssize_t Ho, Py_ssize_t Wo)
+                         int accumulate, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s)
     void cnn_dw3_wgrad_plane_f(double* out, const float* dy, const float* xp, Py_ssize_t Ho,
-                               Py_ssize_t Wo)
+                               Py_ssize_t Wo, Py_ssize_t s)
     void cnn_dw3_wgrad_plane_d(double* out, const double* dy, const double* xp, Py_ssize_t Ho,
-                               Py_ssize_t Wo)
+                               Py_ssize_t Wo, Py_ssize_t s)
+    void cnn_dw3_dx_s2_f(float* dx, const float* gp, const float* w, int accumulate,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                         Py_ssize_t ph, Py_ssize_t pw, float* eo)
+    void cnn_dw3_dx_s2_d(double* dx, const double* gp, const double* w, int accumulate,
+                         Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                         Py_ssize_t ph, Py_ssize_t pw, double* eo)
+
+
+cdef inline Py_ssize_t _dw3_pad_size(Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s) noexcept nogil:
+    """Elements of the padded plane of a stride-s 3x3 kernel with an Ho x Wo output."""
+    return (s * (Ho - 1) + 3) * (s * (Wo - 1) + 3)
 
 
 cdef inline void _dw3_pad(floating* xp, const floating* x, Py_ssize_t H, Py_ssize_t W,
-                          Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t ph,
-                          Py_ssize_t pw) noexcept nogil:
-    """xp ((Ho + 2) x (Wo + 2)) = the H x W plane x after ph rows and pw columns of zeros,
-    zeros after it too."""
+                          Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t s) noexcept nogil:
+    """xp = the H x W plane x after ph rows and pw columns of zeros, zeros after it too: the
+    rows and columns a stride-s 3x3 kernel with an Ho x Wo output reads."""
     if floating is float:
-        cnn_dw3_pad_f(xp, x, H, W, Ho + 2, Wo + 2, ph, pw)
+        cnn_dw3_pad_f(xp, x, H, W, Ho, Wo, ph, pw, s)
     else:
-        cnn_dw3_pad_d(xp, x, H, W, Ho + 2, Wo + 2, ph, pw)
+        cnn_dw3_pad_d(xp, x, H, W, Ho, Wo, ph, pw, s)
 
 
 cdef inline void _dw3_plane(floating* y, const floating* xp, const floating* w, floating bias,
-                            int accumulate, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+                            int accumulate, Py_ssize_t Ho, Py_ssize_t Wo,
+                            Py_ssize_t s) noexcept nogil:
     if floating is float:
-        cnn_dw3_plane_f(y, xp, w, bias, accumulate, Ho, Wo)
+        cnn_dw3_plane_f(y, xp, w, bias, accumulate, Ho, Wo, s)
     else:
-        cnn_dw3_plane_d(y, xp, w, bias, accumulate, Ho, Wo)
+        cnn_dw3_plane_d(y, xp, w, bias, accumulate, Ho, Wo, s)
 
 
 cdef inline void _dw3_wgrad_plane(double* out, const floating* dy, const floating* xp,
-                                  Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+                                  Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s) noexcept nogil:
     if floating is float:
-        cnn_dw3_wgrad_plane_f(out, dy, xp, Ho, Wo)
+        cnn_dw3_wgrad_plane_f(out, dy, xp, Ho, Wo, s)
     else:
-        cnn_dw3_wgrad_plane_d(out, dy, xp, Ho, Wo)
+        cnn_dw3_wgrad_plane_d(out, dy, xp, Ho, Wo, s)
+
+
+cdef inline void _dw3_dx_s2(floating* dx, const floating* gp, const floating* w,
+                            int accumulate, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho,
+                            Py_ssize_t Wo, Py_ssize_t ph, Py_ssize_t pw,
+                            floating* eo) noexcept nogil:
+    if floating is float:
+        cnn_dw3_dx_s2_f(dx, gp, w, accumulate, H, W, Ho, Wo, ph, pw, eo)
+    else:
+        cnn_dw3_dx_s2_d(dx, gp, w, accumulate, H, W, Ho, Wo, ph, pw, eo)
 
 
 cdef struct Plane:
@@ -133,8 +157,10 @@ cdef void _backward_weight_channel(const Plane* g, const floating* dy, const flo
 
 
 cdef bint _is_dw3(const Plane* g) noexcept nogil:
-    """A 3x3 stride-1 undilated kernel: the plane kernels of csrc/cnncore_direct.h."""
-    return g.kh == 3 and g.kw == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
+    """A 3x3 undilated kernel of stride 1 or 2 (the same in both directions): the plane
+    kernels of csrc/cnncore_direct.h."""
+    return (g.kh == 3 and g.kw == 3 and g.sh == g.sw and (g.sh == 1 or g.sh == 2)
+            and g.dh == 1 and g.dw == 1)
 
 
 cdef Plane _plane(Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh,
@@ -159,16 +185,16 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef floating[:, ::1] pad
     if _is_dw3(&g):
         # one task per (image, input channel): its plane padded once for its og outputs
-        pad = np.empty((n_threads, (g.Ho + 2) * (g.Wo + 2)), dtype=np.asarray(x).dtype)
+        pad = np.empty((n_threads, _dw3_pad_size(g.Ho, g.Wo, g.sh)), dtype=np.asarray(x).dtype)
         for t in prange(x.shape[0] * C, nogil=True, schedule='static', num_threads=n_threads):
             n = t // C
             c = t % C
             xp = &pad[threadid(), 0]
-            _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw)
+            _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw, g.sh)
             for k in range(og):
                 o = c * og + k
                 _dw3_plane(&y[n, o, 0, 0], xp, &w[o, 0, 0, 0], bias[o] if has_bias else 0,
-                           0, g.Ho, g.Wo)
+                           0, g.Ho, g.Wo, g.sh)
         return
     for t in prange(x.shape[0] * C_out, nogil=True, schedule='static', num_threads=n_threads):
         n = t // C_out
@@ -219,20 +245,31 @@ cdef void _dw3_backward(const Plane* g, const floating[:, :, :, ::1] dy,
     cdef floating[:, ::1] w_flip = np.ascontiguousarray(
         np.asarray(w).reshape(C_out, 9)[:, ::-1])
     cdef double[:, :, ::1] part = np.empty((N, C_out, 9), dtype=np.float64)
-    cdef Py_ssize_t size = (g.Ho + 2) * (g.Wo + 2) + (g.H + 2) * (g.W + 2)
-    cdef floating[:, ::1] pad = np.empty((n_threads, size), dtype=np.asarray(x).dtype)
+    # per thread: the padded x plane, then the padded dy plane (stride 2: and the even and
+    # odd columns of a dx row)
+    cdef Py_ssize_t x_size = _dw3_pad_size(g.Ho, g.Wo, g.sh)
+    cdef Py_ssize_t dy_size = (_dw3_pad_size(g.H, g.W, 1) if g.sh == 1 else
+                               _dw3_pad_size(g.Ho, g.Wo, 1) + 2 * (g.W // 2 + g.pw // 2 + 2))
+    cdef floating[:, ::1] pad = np.empty((n_threads, x_size + dy_size),
+                                         dtype=np.asarray(x).dtype)
     for t in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
         n = t // C
         c = t % C
         xp = &pad[threadid(), 0]
-        gp = xp + (g.Ho + 2) * (g.Wo + 2)
-        _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw)
+        gp = xp + x_size
+        _dw3_pad(xp, &x[n, c, 0, 0], g.H, g.W, g.Ho, g.Wo, g.ph, g.pw, g.sh)
         for k in range(og):
             o = c * og + k
-            _dw3_wgrad_plane(&part[n, o, 0], &dy[n, o, 0, 0], xp, g.Ho, g.Wo)
-            if need_dx:
-                _dw3_pad(gp, &dy[n, o, 0, 0], g.Ho, g.Wo, g.H, g.W, 2 - g.ph, 2 - g.pw)
-                _dw3_plane(&dx[n, c, 0, 0], gp, &w_flip[o, 0], 0, k > 0, g.H, g.W)
+            _dw3_wgrad_plane(&part[n, o, 0], &dy[n, o, 0, 0], xp, g.Ho, g.Wo, g.sh)
+            if not need_dx:
+                continue
+            if g.sh == 1:
+                _dw3_pad(gp, &dy[n, o, 0, 0], g.Ho, g.Wo, g.H, g.W, 2 - g.ph, 2 - g.pw, 1)
+                _dw3_plane(&dx[n, c, 0, 0], gp, &w_flip[o, 0], 0, k > 0, g.H, g.W, 1)
+            else:
+                _dw3_pad(gp, &dy[n, o, 0, 0], g.Ho, g.Wo, g.Ho, g.Wo, 1, 1, 1)
+                _dw3_dx_s2(&dx[n, c, 0, 0], gp, &w[o, 0, 0, 0], k > 0, g.H, g.W, g.Ho, g.Wo,
+                           g.ph, g.pw, gp + _dw3_pad_size(g.Ho, g.Wo, 1))
     for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
         for k in range(9):
             s = 0
