@@ -139,14 +139,14 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
                                                  const T *restrict xp, ptrdiff_t Ho,       \
                                                  ptrdiff_t Wo, ptrdiff_t s) {              \
         enum { L = 16 / sizeof(T) };                                                       \
-        CNN_DW_LANE_DECL(T, SUF, s);                                                       \
+        CNN_DW_LANE_DECL(T, SUF, acc);                                                     \
         T r[9] = {0};                                                                      \
         CNN_DW_TAP_OFFSETS;                                                                \
         const ptrdiff_t Wv = Wo - Wo % L;                                                  \
         for (ptrdiff_t oh = 0; oh < Ho; ++oh) {                                            \
             const T *restrict g = dy + oh * Wo;                                            \
             const T *restrict a = xp + s * oh * Wq, *restrict b = a + Wq, *restrict c = b + Wq; \
-            for (ptrdiff_t q = 0; q < Wv; q += L) CNN_DW_LANE_STEP(T, SUF, s, q);          \
+            for (ptrdiff_t q = 0; q < Wv; q += L) CNN_DW_LANE_STEP(T, SUF, acc, q);        \
             for (ptrdiff_t q = Wv; q < Wo; ++q) {                                          \
                 const T d = g[q];                                                          \
                 r[0] += d * a[q]; r[1] += d * a[q + o1]; r[2] += d * a[q + o2];            \
@@ -155,7 +155,7 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
             }                                                                              \
         }                                                                                  \
         T lanes[9][L];                                                                     \
-        CNN_DW_LANE_STORE(T, SUF, s, lanes);                                               \
+        CNN_DW_LANE_STORE(T, SUF, acc, lanes);                                             \
         for (int t = 0; t < 9; ++t) {                                                      \
             double u = r[t];                                                               \
             for (int k = 0; k < L; ++k) u += lanes[t][k];                                  \
