@@ -53,7 +53,7 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
 #define CNN_DW_LANE_DECL(T, SUF, s)                                                        \
     cnn_dw_v##SUF s##0 = {0}, s##1 = {0}, s##2 = {0}, s##3 = {0}, s##4 = {0}, s##5 = {0},  \
                   s##6 = {0}, s##7 = {0}, s##8 = {0}
-#define CNN_DW_LANE_STEP(T, SUF, s, q) do {                                                \
+#define CNN_DW_LANE_STEP(T, SUF, s, q, g, a, b, c) do {                                    \
         const cnn_dw_v##SUF d = cnn_dw_load_##SUF(g + (q));                                 \
         s##0 += d * cnn_dw_load_##SUF(a + (q)); s##1 += d * cnn_dw_load_##SUF(a + (q) + o1); \
         s##2 += d * cnn_dw_load_##SUF(a + (q) + o2); s##3 += d * cnn_dw_load_##SUF(b + (q)); \
@@ -68,7 +68,7 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
     } while (0)
 #else
 #define CNN_DW_LANE_DECL(T, SUF, s) T s[9][16 / sizeof(T)] = {{0}}
-#define CNN_DW_LANE_STEP(T, SUF, s, q) do {                                                \
+#define CNN_DW_LANE_STEP(T, SUF, s, q, g, a, b, c) do {                                    \
         for (int k = 0; k < L; ++k) {                                                      \
             const T d = g[(q) + k];                                                        \
             const ptrdiff_t e = (q) + k;                                                   \
@@ -85,6 +85,15 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
  * Wo + 1 even columns, then Wo odd ones), column 2*ow + 1 (odd part) and 2*ow + 2. */
 #define CNN_DW_TAP_OFFSETS                                                                 \
     const ptrdiff_t Wq = s * (Wo - 1) + 3, o1 = s == 1 ? 1 : Wo + 1, o2 = s == 1 ? 2 : 1
+
+/* The columns [Wv, Wo) of a weight-gradient row, one by one into r[9]. */
+#define CNN_DW_WGRAD_TAIL(T, g, a, b, c)                                                   \
+    for (ptrdiff_t q = Wv; q < Wo; ++q) {                                                  \
+        const T d = g[q];                                                                  \
+        r[0] += d * a[q]; r[1] += d * a[q + o1]; r[2] += d * a[q + o2];                    \
+        r[3] += d * b[q]; r[4] += d * b[q + o1]; r[5] += d * b[q + o2];                    \
+        r[6] += d * c[q]; r[7] += d * c[q + o1]; r[8] += d * c[q + o2];                    \
+    }
 
 #define CNN_DEFINE_DW3(T, SUF)                                                             \
     /* xp = x (H x W) after ph rows and pw columns of zeros, zero beyond x too: the        \
@@ -143,16 +152,25 @@ static inline cnn_dw_vd cnn_dw_load_d(const double *p) { cnn_dw_vd v; memcpy(&v,
         T r[9] = {0};                                                                      \
         CNN_DW_TAP_OFFSETS;                                                                \
         const ptrdiff_t Wv = Wo - Wo % L;                                                  \
-        for (ptrdiff_t oh = 0; oh < Ho; ++oh) {                                            \
+        /* two output rows per pass (stride 1: they share two input rows' loads); per lane, \
+         * row oh's term before row oh + 1's */                                             \
+        ptrdiff_t oh = 0;                                                                  \
+        for (; oh + 1 < Ho; oh += 2) {                                                     \
+            const T *restrict g = dy + oh * Wo, *restrict g2 = g + Wo;                     \
+            const T *restrict a = xp + s * oh * Wq, *restrict b = a + Wq, *restrict c = b + Wq; \
+            const T *restrict a2 = a + s * Wq, *restrict b2 = a2 + Wq, *restrict c2 = b2 + Wq; \
+            for (ptrdiff_t q = 0; q < Wv; q += L) {                                        \
+                CNN_DW_LANE_STEP(T, SUF, acc, q, g, a, b, c);                              \
+                CNN_DW_LANE_STEP(T, SUF, acc, q, g2, a2, b2, c2);                          \
+            }                                                                              \
+            CNN_DW_WGRAD_TAIL(T, g, a, b, c);                                              \
+            CNN_DW_WGRAD_TAIL(T, g2, a2, b2, c2);                                          \
+        }                                                                                  \
+        if (oh < Ho) {                                                                     \
             const T *restrict g = dy + oh * Wo;                                            \
             const T *restrict a = xp + s * oh * Wq, *restrict b = a + Wq, *restrict c = b + Wq; \
-            for (ptrdiff_t q = 0; q < Wv; q += L) CNN_DW_LANE_STEP(T, SUF, acc, q);        \
-            for (ptrdiff_t q = Wv; q < Wo; ++q) {                                          \
-                const T d = g[q];                                                          \
-                r[0] += d * a[q]; r[1] += d * a[q + o1]; r[2] += d * a[q + o2];            \
-                r[3] += d * b[q]; r[4] += d * b[q + o1]; r[5] += d * b[q + o2];            \
-                r[6] += d * c[q]; r[7] += d * c[q + o1]; r[8] += d * c[q + o2];            \
-            }                                                                              \
+            for (ptrdiff_t q = 0; q < Wv; q += L) CNN_DW_LANE_STEP(T, SUF, acc, q, g, a, b, c); \
+            CNN_DW_WGRAD_TAIL(T, g, a, b, c);                                              \
         }                                                                                  \
         T lanes[9][L];                                                                     \
         CNN_DW_LANE_STORE(T, SUF, acc, lanes);                                             \
@@ -220,5 +238,6 @@ CNN_DEFINE_DW3(double, d)
 #undef CNN_DEFINE_DW3
 #undef CNN_DW3_TAPS
 #undef CNN_DW_TAP_OFFSETS
+#undef CNN_DW_WGRAD_TAIL
 
 #endif /* CNNCORE_DIRECT_H */
