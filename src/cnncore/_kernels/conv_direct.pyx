@@ -233,9 +233,10 @@ cdef void _dw3_backward(const Plane* g, const floating[:, :, :, ::1] dy,
                         const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                         floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, bint need_dx,
                         int n_threads):
-    """backward() for 3x3 stride-1 kernels: one task per (image, input channel) plane does
-    its dx plane and the nine weight-gradient sums of its output channels (``part``, per
-    image); then each channel adds its ``part`` rows over the batch in order."""
+    """backward() for 3x3 kernels of stride 1 or 2: one task per (image, input channel)
+    plane does its dx plane and the nine weight-gradient sums of its output channels
+    (``part``, per image); then each channel adds its ``part`` rows over the batch in
+    order."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], C_out = w.shape[0], og = C_out // C
     cdef Py_ssize_t t, n, c, o, k
     cdef double s
