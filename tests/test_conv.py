@@ -560,7 +560,11 @@ def test_depthwise_conv2d_matches_reference(cfg, dtype, rng):
                                   "stride-2-w2-padding-2", "stride-2-w17",
                                   "stride-2-padding-3"])
 def test_depthwise_conv2d_gradcheck(name, rng):
-    cfg = _depthwise(DEPTHWISE_CONV2D[name])
+    _check_conv2d_gradients(_depthwise(DEPTHWISE_CONV2D[name]), rng)
+
+
+def _check_conv2d_gradients(cfg, rng):
+    """Finite-difference check of conv2d_backward's grad_x and grad_weight (float64)."""
     x, w, b = make_conv2d_inputs(dict(cfg, bias=True), np.float64, rng)
     kw = hyper(cfg)
     g = rng.standard_normal(expected_conv2d_shape(cfg))
@@ -626,17 +630,7 @@ def test_winograd_conv2d_matches_reference(cfg, dtype, rng, winograd_calls):
 
 @pytest.mark.parametrize("name", ["odd-output", "padding-2", "batch-13-no-bias"])
 def test_winograd_conv2d_gradcheck(name, rng, winograd_calls):
-    cfg = WINOGRAD_CONV2D[name]
-    x, w, b = make_conv2d_inputs(dict(cfg, bias=True), np.float64, rng)
-    kw = hyper(cfg)
-    g = rng.standard_normal(expected_conv2d_shape(cfg))
-    gx, gw, _ = F.conv2d_backward(g, x, w, **kw)
-
-    def fn(x_, w_):
-        return F.conv2d(x_, w_, b, **kw)
-
-    check_gradient(fn, (x, w), 0, gx, g, name="grad_x")
-    check_gradient(fn, (x, w), 1, gw, g, name="grad_weight")
+    _check_conv2d_gradients(WINOGRAD_CONV2D[name], rng)
     assert winograd_calls
 
 
