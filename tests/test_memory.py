@@ -7,6 +7,7 @@ import pytest
 
 import cnncore
 from cnncore import memory_pool
+from cnncore.memory import pool_active
 
 handler_name = np._core.multiarray.get_handler_name if hasattr(np, "_core") else \
     np.core.multiarray.get_handler_name
@@ -23,6 +24,13 @@ def test_handler_is_installed_inside_and_restored_after():
     assert handler_name(a) == "cnncore_pool"  # an array remembers its allocator
     a[:] = 3.0  # still valid after the block
     assert a.sum() == 3.0 * MB
+
+
+def test_pool_active():
+    assert not pool_active()
+    with memory_pool():
+        assert pool_active()
+    assert not pool_active()
 
 
 def test_handler_restored_when_the_block_raises():

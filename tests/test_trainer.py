@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnncore import memory_pool, set_num_threads
+from cnncore.memory import pool_active
 from cnncore import trainer as trainer_module
 from cnncore.callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger,
                                LearningRateScheduler, ModelCheckpoint)
@@ -151,6 +152,32 @@ def test_memory_pool_does_not_change_results():
     assert_bit_identical(runs[0], runs[1])
     assert_bit_identical(runs[0], runs[2])
     assert pools[2].stats()["releases"] > 0  # max_bytes=0: nothing was ever cached
+
+
+def test_evaluate_and_predict_run_inside_a_memory_pool():
+    x, y = toy_data(32)
+    t = make_trainer(seed=2)
+    seen = []
+    forward = t.model.forward
+
+    def spy(xb):
+        seen.append(pool_active())
+        return forward(xb)
+
+    t.model.forward = spy
+    t.evaluate(x, y, batch_size=16)
+    t.model.predict(x[:4])  # the model alone: NumPy's allocator
+    t.predict(x, batch_size=16)
+    assert seen == [True, True, False, True, True]
+    assert not pool_active()
+
+
+def test_fit_inside_a_users_pool_uses_that_pool():
+    x, y = toy_data(64)
+    t = make_trainer(seed=2)
+    with memory_pool(min_bytes=0) as pool:
+        t.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        assert pool.stats()["hits"] > 0  # no nested pool took the allocations
 
 
 def test_memory_pool_argument_is_checked():

@@ -7,19 +7,31 @@ a quarter of a LeNet-5 step at batch 64 (1 ms of 4; see "Profiling" in README.md
 :class:`memory_pool` installs a caching allocator as NumPy's data allocator (NEP 49,
 ``PyDataMem_SetHandler``) for the duration of a ``with`` block: a freed block of a size is
 kept and handed to the next array of the same size, as PyTorch's caching allocator does
-for GPU memory. :class:`cnncore.Trainer` uses one during ``fit``.
+for GPU memory. :class:`cnncore.Trainer` uses one in ``fit``, ``evaluate`` and ``predict``.
 """
 
 import operator
 
+import numpy as np
+
 from ._kernels._memory import PoolHandler
 
-__all__ = ["memory_pool", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_BYTES"]
+_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+
+__all__ = ["memory_pool", "pool_active", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_BYTES"]
 
 #: At most this many freed bytes are kept for reuse; beyond it, blocks are freed.
 DEFAULT_MAX_BYTES = 1 << 30
 #: Smaller arrays are left to the C allocator (it serves them without page faults).
 DEFAULT_MIN_BYTES = 16 << 10
+
+
+_HANDLER_NAME = "cnncore_pool"  # what NumPy's get_handler_name() reports for our pools
+
+
+def pool_active():
+    """True when a :class:`memory_pool` is NumPy's allocator in the current context."""
+    return _multiarray.get_handler_name() == _HANDLER_NAME
 
 
 def _size(where, name, value):

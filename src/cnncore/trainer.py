@@ -109,7 +109,8 @@ class Trainer:
     seed : int, optional
         Seed of the shuffling generator (``fit(seed=...)`` reseeds it).
     memory_pool : bool or cnncore.memory_pool
-        ``fit`` runs inside a :class:`cnncore.memory_pool` (True, the default: freed arrays
+        ``fit``, ``evaluate`` and ``predict`` run inside a :class:`cnncore.memory_pool`
+        (True, the default: freed arrays
         are reused by the next step instead of being returned to the operating system and
         faulted in again), inside the one given (e.g. ``cnncore.memory_pool(max_bytes=...)``),
         or with NumPy's own allocator (False). Results are the same either way.
@@ -208,10 +209,12 @@ class Trainer:
                              callbacks, verbose, transform)
 
     def _allocator(self):
+        """The ``with`` block that ``fit``, ``evaluate`` and ``predict`` run in; nothing new
+        when a cnncore pool is already NumPy's allocator (``evaluate`` inside ``fit``)."""
+        if self.memory_pool is False or _memory.pool_active():
+            return contextlib.nullcontext()
         if self.memory_pool is True:
             return _memory.memory_pool()
-        if self.memory_pool is False:
-            return contextlib.nullcontext()
         return self.memory_pool
 
     def _fit(self, x, y, epochs, batch_size, validation_data, shuffle, seed, callbacks,
@@ -318,6 +321,10 @@ class Trainer:
     def evaluate(self, x, y, batch_size=256):
         """Mean loss and accuracy (None if not a classification target) over ``(x, y)``,
         in eval mode. Returns ``{"loss": float, "accuracy": float or None}``."""
+        with self._allocator():
+            return self._evaluate(x, y, batch_size)
+
+    def _evaluate(self, x, y, batch_size):
         x, y = self._check(x, y, "evaluate")
         was_training = self.model.training
         self.model.eval()
@@ -345,7 +352,8 @@ class Trainer:
         dtype = self.model.dtype
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
-        return self.model.predict(x, batch_size=batch_size)
+        with self._allocator():
+            return self.model.predict(x, batch_size=batch_size)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
