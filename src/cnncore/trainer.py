@@ -110,10 +110,10 @@ class Trainer:
         Seed of the shuffling generator (``fit(seed=...)`` reseeds it).
     memory_pool : bool or cnncore.memory_pool
         ``fit``, ``evaluate`` and ``predict`` run inside a :class:`cnncore.memory_pool`
-        (True, the default: freed arrays
-        are reused by the next step instead of being returned to the operating system and
-        faulted in again), inside the one given (e.g. ``cnncore.memory_pool(max_bytes=...)``),
-        or with NumPy's own allocator (False). Results are the same either way.
+        (True, the default: freed arrays are reused by the next step instead of being
+        returned to the operating system and faulted in again), inside the one given (e.g.
+        ``cnncore.memory_pool(max_bytes=...)``), or with NumPy's own allocator (False).
+        Results are the same either way.
 
     Attributes
     ----------
