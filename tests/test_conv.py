@@ -164,7 +164,7 @@ def test_conv2d_backward_matches_reference(cfg, dtype, rng):
 # ----------------------------------------------------------------------------- weight-gradient layouts
 
 # The im2col weight gradient reads its column matrix as (k_g x P) or, built transposed by
-# _im2col_t, as (P x k_g); F._transposed_dw_cols picks one from the shapes. These tests force
+# _im2col_t, as (P x k_g); F.planner.transposed_dw_cols picks one from the shapes. These tests force
 # each layout on every configuration above and on shapes that exercise _im2col_t's borders.
 DW_LAYOUT_CONV2D = {
     "lenet-conv1": _cfg(3, 1, 6, 28, 28, 5, padding=2),
@@ -188,7 +188,7 @@ def forced_dw_layout(request, monkeypatch):
         calls.append((k_g, p))
         return request.param
 
-    monkeypatch.setattr(F, "_transposed_dw_cols", forced)
+    monkeypatch.setattr(F.planner, "transposed_dw_cols", forced)
     return calls
 
 
@@ -226,9 +226,9 @@ def test_conv2d_every_short_row_length(dtype, rng, forced_dw_layout):
 
 
 def test_transposed_dw_cols_rule():
-    assert F._transposed_dw_cols(150, 100, False)      # LeNet conv2: 6*5*5 x 10*10
-    assert not F._transposed_dw_cols(25, 784, False)   # LeNet conv1: 1*5*5 x 28*28
-    assert not F._transposed_dw_cols(16, 16, True)     # 1x1: x is the column matrix
+    assert F.planner.transposed_dw_cols(150, 100, False)      # LeNet conv2: 6*5*5 x 10*10
+    assert not F.planner.transposed_dw_cols(25, 784, False)   # LeNet conv1: 1*5*5 x 28*28
+    assert not F.planner.transposed_dw_cols(16, 16, True)     # 1x1: x is the column matrix
 
 
 # ----------------------------------------------------------------------------- conv2d vs formulas
@@ -580,7 +580,7 @@ def _check_conv2d_gradients(cfg, rng):
 # ----------------------------------------------------------------------------- Winograd path
 
 # 3x3 stride-1 convolutions run through Winograd F(2x2, 3x3) (_kernels/winograd.pyx) once
-# both channel counts reach F._WINOGRAD_MIN_CHANNELS (_BACKWARD for the gradients); these
+# both channel counts reach F.planner._WINOGRAD_MIN_CHANNELS (_BACKWARD for the gradients); these
 # tests lower the thresholds so that small, odd shapes take the path too.
 WINOGRAD_CONV2D = {
     "1x1-image": _cfg(2, 3, 4, 1, 1, 3, padding=1),
@@ -599,15 +599,15 @@ WINOGRAD_PARAMS = [pytest.param(c, id=n) for n, c in WINOGRAD_CONV2D.items()]
 def winograd_calls(monkeypatch):
     """Lower the channel threshold and count the calls that take the Winograd path."""
     calls = []
-    original = F._winograd_conv
+    original = F.conv._winograd_conv
 
     def spy(*args, **kwargs):
         calls.append(args[1].shape)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(F, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
-    monkeypatch.setattr(F, "_winograd_conv", spy)
+    monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
+    monkeypatch.setattr(F.conv, "_winograd_conv", spy)
     return calls
 
 
@@ -647,8 +647,8 @@ def test_winograd_conv2d_gradcheck(name, rng, winograd_calls):
 ])
 def test_winograd_is_chosen_only_where_it_applies(cfg, forward, backward, rng, monkeypatch):
     calls = []
-    original = F._winograd_conv
-    monkeypatch.setattr(F, "_winograd_conv", lambda *a: calls.append(1) or original(*a))
+    original = F.conv._winograd_conv
+    monkeypatch.setattr(F.conv, "_winograd_conv", lambda *a: calls.append(1) or original(*a))
     x, w, b = make_conv2d_inputs(cfg, np.float32, rng)
     y = F.conv2d(x, w, b, **hyper(cfg))
     assert len(calls) == forward

@@ -16,16 +16,16 @@ DTYPES = [np.float32, np.float64]
 def _threads_even_for_small_inputs(monkeypatch):
     """functional runs small calls on fewer threads (they do not pay); these tests use small
     inputs, so lift that cap to make every requested thread really take part."""
-    monkeypatch.setattr(F, "_MIN_FLOPS_PER_THREAD", 1)
-    monkeypatch.setattr(F, "_MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(F._common, "_MIN_FLOPS_PER_THREAD", 1)
+    monkeypatch.setattr(F._common, "_MIN_BYTES_PER_THREAD", 1)
 
 
 def test_small_calls_are_capped_but_not_below_one_thread(monkeypatch):
-    monkeypatch.setattr(F, "_MIN_FLOPS_PER_THREAD", 1 << 21)
-    assert F._threads(8, "t", tasks=100, flops=10) == 1
-    assert F._threads(8, "t", tasks=100, flops=3 << 21) == 3
-    assert F._threads(8, "t", tasks=2, flops=1 << 40) == 2
-    assert F._threads(2, "t", tasks=100, flops=1 << 40) == 2
+    monkeypatch.setattr(F._common, "_MIN_FLOPS_PER_THREAD", 1 << 21)
+    assert F._common._threads(8, "t", tasks=100, flops=10) == 1
+    assert F._common._threads(8, "t", tasks=100, flops=3 << 21) == 3
+    assert F._common._threads(8, "t", tasks=2, flops=1 << 40) == 2
+    assert F._common._threads(2, "t", tasks=100, flops=1 << 40) == 2
 
 
 def _conv2d_args(g, dtype):

@@ -409,7 +409,7 @@ def test_max_pool2d_indices_empty_batch():
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
 def test_max_pool2d_backward_bad_indices(module, rng, monkeypatch):
     # tiny calls on three threads, so that a bad index in a later plane is another thread's
-    monkeypatch.setattr(F, "_MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(F._common, "_MIN_BYTES_PER_THREAD", 1)
     x = tie_free((2, 3, 6, 5), np.float32, rng)
     y, idx = F.max_pool2d(x, 2, return_indices=True)
     gy = np.ones_like(y)

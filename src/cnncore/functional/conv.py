@@ -1,0 +1,271 @@
+"""Convolution: :func:`conv2d`, :func:`conv1d` and their gradients.
+
+Validation and geometry live here; which algorithm runs (Winograd, direct, 1x1 GEMM or
+im2col + GEMM) is decided by :mod:`cnncore.functional.planner`.
+"""
+
+import numpy as np
+
+from .._args import conv1d_as_2d, conv_padding, out_size, pair
+from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
+from .._kernels import conv as _conv
+from .._kernels import conv_direct as _conv_direct
+from .._kernels import winograd as _winograd
+from . import planner
+from ._common import _one_blas_thread, _scratch_array, _threads, _typed, _work, cached_geometry
+
+__all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward"]
+
+
+class _ConvGeometry:
+    __slots__ = ("stride", "padding", "dilation", "groups", "out_hw")
+
+    def __init__(self, where, x_shape, w_shape, stride, padding, dilation, groups, show=tuple):
+        n, c, h, w = x_shape
+        c_out, cg, kh, kw = w_shape
+        x_shape, w_shape = show(x_shape), show(w_shape)  # as the caller sees them
+        self.groups = groups = check_int(where, "groups", groups, 1)
+        self.stride = pair(stride, "stride", minimum=1, where=where)
+        self.dilation = pair(dilation, "dilation", minimum=1, where=where)
+        self.padding = conv_padding(padding, (kh, kw), self.dilation, where=where)
+        if min(c_out, cg, kh, kw) < 1:
+            raise ValueError(f"{where}: weight must have no empty dimension, got {w_shape}")
+        if min(c, h, w) < 1:
+            raise ValueError(f"{where}: x must have no empty channel or spatial dimension, "
+                             f"got {x_shape}")
+        if c_out % groups:
+            raise ValueError(f"{where}: out channels {c_out} (weight shape {w_shape}) are not "
+                             f"divisible by groups={groups}")
+        if cg * groups != c:
+            raise ValueError(f"{where}: x has {c} channels (shape {x_shape}) but weight "
+                             f"{w_shape} with groups={groups} expects {cg * groups}")
+        self.out_hw = (
+            out_size(h, kh, self.stride[0], self.padding[0], self.dilation[0], where=where,
+                     axis="H"),
+            out_size(w, kw, self.stride[1], self.padding[1], self.dilation[1], where=where,
+                     axis="W"),
+        )
+        check_blas_size(where, cg * kh * kw * self.out_hw[0] * self.out_hw[1],
+                        c_out * self.out_hw[0] * self.out_hw[1], c_out * cg * kh * kw)
+
+    def kernel_args(self):
+        return (*self.stride, *self.padding, *self.dilation, self.groups)
+
+
+def _conv_geometry(*args):
+    """A layer calls with the same shapes and hyper-parameters every step: parse them once."""
+    return cached_geometry(_typed(args), lambda: _ConvGeometry(*args))
+
+
+def _drop_height(shape):
+    """How a conv1d caller sees the (N, C, 1, L) arrays the 2-D kernels work on."""
+    return tuple(shape[:2]) + tuple(shape[3:])
+
+
+def _conv_inputs(where, x, weight, stride, padding, dilation, groups, bias=None,
+                 grad_out=None, one_d=False):
+    x, weight, bias, grad_out = float_arrays(where, x=x, weight=weight, bias=bias,
+                                             grad_out=grad_out)
+    show = tuple
+    if one_d:  # conv1d: (N, C, L) runs as (N, C, 1, L) with a (C_out, C_in/g, 1, k) kernel
+        check_ndim(where, "x", x, 3, "(N, C, L)")
+        check_ndim(where, "weight", weight, 3, "(C_out, C_in/groups, k)")
+        x, weight, show = x[:, :, None, :], weight[:, :, None, :], _drop_height
+        if grad_out is not None:
+            check_ndim(where, "grad_out", grad_out, 3, "(N, C_out, L_out)")
+            grad_out = grad_out[:, :, None, :]
+    check_ndim(where, "x", x, 4, "(N, C, H, W)")
+    check_ndim(where, "weight", weight, 4, "(C_out, C_in/groups, kH, kW)")
+    geo = _conv_geometry(where, x.shape, weight.shape, stride, padding, dilation, groups, show)
+    if bias is not None:
+        check_shape(where, "bias", bias, (weight.shape[0],))
+    if grad_out is not None:
+        expected = (x.shape[0], weight.shape[0], *geo.out_hw)
+        if grad_out.shape != expected:
+            raise ValueError(f"{where}: grad_out must have shape {show(expected)}, got "
+                             f"{show(grad_out.shape)}")
+    return x, weight, bias, grad_out, geo
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """2-D convolution (cross-correlation) of a batch of images.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_out, C_in // groups, kH, kW)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), or 'valid' / 'same' / 'full'
+    groups : int
+        Input and output channels are split into ``groups`` independent convolutions
+        (``groups == C_in`` is a depthwise convolution).
+    n_threads : int, optional
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Ho, Wo), with ``Ho = floor((H + 2p - d(kH-1) - 1)/s) + 1``.
+    """
+    return _conv_forward("conv2d", x, weight, bias, stride, padding, dilation, groups,
+                         n_threads)
+
+
+def _winograd_conv(x, weight, bias, out_hw, padding, n_threads):
+    """3x3 stride-1 convolution by Winograd F(2x2, 3x3) (see _kernels/winograd.pyx)."""
+    n, c = x.shape[:2]
+    c_out = weight.shape[0]
+    nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES)
+    n_threads = min(n_threads, -(-n // nb))
+    u = _scratch_array("winograd_u", (16, c_out, c), x.dtype)
+    _winograd.transform_weights(weight, u, n_threads)
+    y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
+    work = _scratch_array(
+        "winograd", (n_threads, _winograd.work_size(c, c_out, *out_hw, nb)), x.dtype)
+    b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+    with _one_blas_thread():
+        _winograd.forward(x, u, b, y, work, *padding, nb, n_threads)
+    return y
+
+
+def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x):
+    """Input (None unless ``need_grad_x``) and weight gradients of a convolution that
+    :func:`planner.use_winograd` accepts."""
+    n, c = x.shape[:2]
+    c_out = weight.shape[0]
+    out_hw = grad_out.shape[2:]
+    nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES_DW)
+    # Fixed batch chunks of the transformed weight gradient, as in _conv_backward.
+    n_chunks = max(1, min(-(-n // nb), planner._MAX_DW_CHUNKS,
+                          planner._DW_CHUNK_BYTES // (16 * c_out * c * x.itemsize)))
+    threads = min(n_threads, n_chunks)
+    du_part = _scratch_array("winograd_du", (n_chunks, 16, c_out, c), x.dtype)
+    work = _scratch_array(
+        "winograd", (threads, _winograd.backward_work_size(c, c_out, *out_hw, nb)), x.dtype)
+    with _one_blas_thread():
+        _winograd.weight_grad(x, grad_out, du_part, work, *padding, nb, threads)
+    du = du_part[0]
+    if n_chunks > 1:
+        du = np.empty((16, c_out, c), dtype=x.dtype)
+        _conv.sum_chunks(du_part.reshape(n_chunks, -1), du.reshape(-1), n_threads)
+    grad_weight = np.empty_like(weight)
+    _winograd.untransform_weight_grad(du, grad_weight, n_threads)
+    if not need_grad_x:
+        return None, grad_weight
+    # dx = full correlation of dy with the flipped kernel, channels swapped: a 3x3
+    # stride-1 convolution with padding 2 - p, whose output has the size of x.
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    grad_x = _winograd_conv(grad_out, flipped, None, x.shape[2:],
+                            (2 - padding[0], 2 - padding[1]), n_threads)
+    return grad_x, grad_weight
+
+
+def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
+                  one_d=False):
+    x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
+                                           groups, bias=bias, one_d=one_d)
+    n, c = x.shape[:2]
+    c_out, cg, kh, kw = weight.shape
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw)
+    flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
+    n_threads = _threads(n_threads, where, n * c_out if algorithm == "direct" else n, flops)
+    if n and algorithm == "winograd":
+        return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads)
+    y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
+    if n == 0:
+        return y
+    b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+    if algorithm == "direct":
+        _conv_direct.forward(x, weight, b, y, *geo.kernel_args()[:-1], n_threads)
+        return y
+    work = _work(n_threads, cg * kh * kw * geo.out_hw[0] * geo.out_hw[1], x.dtype)
+    with _one_blas_thread():
+        _conv.conv2d_forward(x, weight, b, y, work, *geo.kernel_args(), n_threads)
+    return y
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None, need_grad_x=True):
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    ``need_grad_x=False`` skips the input gradient (a network's first layer has no use for
+    it; PyTorch skips it too when the input does not require grad) and returns None in its
+    place.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x`` (None if ``need_grad_x`` is false)
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    check_given("conv2d_backward", "grad_out", grad_out)
+    return _conv_backward("conv2d_backward", grad_out, x, weight, stride, padding, dilation,
+                          groups, n_threads, need_grad_x=need_grad_x)
+
+
+def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups, n_threads,
+                   one_d=False, need_grad_x=True):
+    x, weight, _, grad_out, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
+                                               groups, grad_out=grad_out, one_d=one_d)
+    n, c = x.shape[:2]
+    c_out, cg, kh, kw = weight.shape
+    k_g = cg * kh * kw
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True)
+    direct = algorithm == "direct"
+    flops = 4 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * k_g
+    n_chunks = planner.dw_chunks(n, c_out, k_g, x.itemsize)
+    n_threads = _threads(n_threads, where, n * c if direct else n_chunks, flops)
+    need_grad_x = bool(need_grad_x)
+    grad_bias = np.empty(c_out, dtype=x.dtype)
+    if n == 0:
+        return (np.empty_like(x) if need_grad_x else None, np.zeros_like(weight),
+                np.zeros_like(grad_bias))
+    _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
+    if algorithm == "winograd":
+        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x),
+                grad_bias)
+    grad_x = np.empty_like(x) if need_grad_x else None
+    # Without grad_x the kernels get a 1-element stand-in they never write.
+    dx = grad_x if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)
+    if direct:
+        grad_weight = np.empty_like(weight)
+        _conv_direct.backward(grad_out, x, weight, dx, grad_weight,
+                              *geo.kernel_args()[:-1], need_grad_x, n_threads)
+        return grad_x, grad_weight, grad_bias
+    # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
+    dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
+               _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
+    work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
+    dw_t = planner.transposed_dw_cols(k_g, geo.out_hw[0] * geo.out_hw[1],
+                                      algorithm == "pointwise")
+    with _one_blas_thread():
+        _conv.conv2d_backward(grad_out, x, weight, dx, dw_part, work,
+                              *geo.kernel_args(), need_grad_x, dw_t, n_threads)
+    if n_chunks == 1:
+        grad_weight = dw_part[0]
+    else:
+        grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
+        _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
+    return grad_x, grad_weight.reshape(weight.shape), grad_bias
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_threads=None):
+    """1-D convolution of sequences ``(N, C_in, L)`` with weights ``(C_out, C_in // groups, k)``,
+    computed by the 2-D kernels on a height-1 image. Returns ``(N, C_out, L_out)``."""
+    where = "conv1d"
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
+    y = _conv_forward(where, x, weight, bias, s, p, d, groups, n_threads, one_d=True)
+    return y[:, :, 0, :]
+
+
+def conv1d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    n_threads=None, need_grad_x=True):
+    """Gradients of :func:`conv1d`: ``(grad_x, grad_weight, grad_bias)``; ``grad_x`` is None
+    with ``need_grad_x=False``, as in :func:`conv2d_backward`."""
+    where = "conv1d_backward"
+    check_given(where, "grad_out", grad_out)
+    s, p, d = conv1d_as_2d(stride, padding, dilation, where=where)
+    gx, gw, gb = _conv_backward(where, grad_out, x, weight, s, p, d, groups, n_threads,
+                                one_d=True, need_grad_x=need_grad_x)
+    return (None if gx is None else gx[:, :, 0, :]), gw[:, :, 0, :], gb
+
+

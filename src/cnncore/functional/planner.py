@@ -1,0 +1,78 @@
+"""The choice of convolution algorithm, in one place.
+
+:func:`conv_algorithm` picks, from shapes and hyper-parameters only (never from the thread
+count, so results do not depend on it), one of:
+
+``'winograd'``
+    Winograd F(2x2, 3x3) (``_kernels/winograd.pyx``) for 3x3 stride-1 undilated ungrouped
+    convolutions with enough channels;
+``'direct'``
+    the direct kernels (``_kernels/conv_direct.pyx``) for depthwise-like convolutions (one
+    input channel per group: there is no GEMM worth the name);
+``'pointwise'``
+    1x1 stride-1 unpadded: the input already is the column matrix, one GEMM per sample;
+``'im2col'``
+    im2col + GEMM for everything else.
+"""
+
+# Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
+# of their partial sums. Both depend on shapes only, never on the thread count.
+_MAX_DW_CHUNKS = 16
+_DW_CHUNK_BYTES = 64 << 20
+# Winograd F(2x2, 3x3) pays off once both channel counts give its 16 GEMMs something to
+# reduce over. Measured side by side with im2col + GEMM at 1 thread (batch 64, 3x3 pad 1):
+# forward 16 -> 32 channels at 16x16 1.26x faster, 8 -> 8 at 28x28 1.05x slower; backward
+# 32 -> 64 at 32x32 1.25x faster, 16 -> 32 1.2x slower (its transforms dominate).
+# Each GEMM covers at least _WINOGRAD_MIN_TILES 2x2 tiles (several samples if small).
+_WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_MIN_CHANNELS_BACKWARD = 32
+_WINOGRAD_MIN_TILES = 64
+_WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tiles
+
+
+def transposed_dw_cols(k_g, p, pointwise):
+    """Whether the im2col weight gradient ``dw (C_out/g x k_g) = dy (C_out/g x p) @ col^T``
+    reads ``col`` built as (p x k_g) rather than (k_g x p). From a (k_g x p) matrix BLAS packs
+    its operand transposed, which OpenBLAS does slowly for small products: LeNet's conv2
+    (16 x 150 x 100) was 2x slower. Measured at 1 thread over 13 shapes (C_out/g 6-128,
+    k_g 9-800, p 16-4096), the (p x k_g) layout was never slower where k_g >= p and up to
+    2.8x faster; below that it lost up to 1.8x (long p). A 1x1 convolution keeps x as its
+    column matrix."""
+    return not pointwise and k_g >= p
+
+
+
+def use_winograd(geo, c_in, c_out, kh, kw, min_channels):
+    """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
+    padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p)."""
+    return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
+            and geo.groups == 1 and max(geo.padding) <= 2
+            and min(c_in, c_out) >= min_channels)
+
+
+def winograd_block(n, out_hw, min_tiles):
+    """Samples per Winograd GEMM: enough for ``min_tiles`` tiles. It depends on shapes
+    only, so results do not depend on the thread count."""
+    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    return min(n, -(-min_tiles // tiles))
+
+
+def is_pointwise(geo, kh, kw):
+    """A 1x1 stride-1 unpadded convolution: x is its own column matrix."""
+    return (kh, kw, *geo.stride, *geo.padding) == (1, 1, 1, 1, 0, 0)
+
+
+def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False):
+    """``'winograd'``, ``'direct'``, ``'pointwise'`` or ``'im2col'`` for a convolution with
+    geometry ``geo`` (see the module docstring)."""
+    if geo.groups > 1 and c_in == geo.groups:
+        return "direct"
+    if use_winograd(geo, c_in, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS_BACKWARD if backward
+                    else _WINOGRAD_MIN_CHANNELS):
+        return "winograd"
+    return "pointwise" if is_pointwise(geo, kh, kw) else "im2col"
+
+
+def dw_chunks(n, c_out, k_g, itemsize):
+    """Fixed batch chunks of the weight gradient: their number depends on shapes only."""
+    return max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * itemsize)))
