@@ -19,6 +19,7 @@ def _blas_info():
 
 def config():
     """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
+    from . import _kernels
     from ._kernels import _openmp_helpers
     try:
         from . import _build_info as build
@@ -33,10 +34,20 @@ def config():
         "openmp": _openmp_helpers.openmp_enabled(),
         "openmp_max_threads": _openmp_helpers.openmp_max_threads(),
         "default_threads": get_num_threads(),
+        "omp_wait_policy": dict(_kernels.WAIT_POLICY),
         "blas": _blas_info(),
         "compiler": compiler,
         "compile_flags": flags,
     }
+
+
+def _wait_policy_line(policy):
+    if policy["requested"] is None:
+        return f"set by {policy['source']}"
+    line = f"{policy['requested']} (CNNCORE_OMP_WAIT_POLICY; OMP_WAIT_POLICY overrides)"
+    if policy["applied"] is False:
+        line += ": NOT applied, the OpenMP runtime was loaded before cnncore"
+    return line
 
 
 def show_config(file=None):
@@ -48,6 +59,7 @@ def show_config(file=None):
         + (f", runtime max threads {c['openmp_max_threads']}" if c["openmp"] else ""),
         f"  default threads: {c['default_threads']} (cnncore.set_num_threads / "
         "CNNCORE_NUM_THREADS)",
+        "  wait policy:     " + _wait_policy_line(c["omp_wait_policy"]),
         "  BLAS:            " + ("\n                   ".join(c["blas"]) or "not found"),
         f"  compiler:        {c['compiler']} {' '.join(c['compile_flags'])}",
     ]
