@@ -9,7 +9,7 @@ every layer that call the functions here and in :mod:`cnncore.serialization`.
 import numpy as np
 
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from .layers.base import shape_str
+from .layers.base import register_model_function, shape_str
 
 __all__ = ["summary", "predict", "lenet5", "count_parameters"]
 
@@ -126,3 +126,7 @@ def lenet5(num_classes=10, in_channels=1, seed=0, dtype=np.float32):
     )
     model.input_shape = (in_channels, 28, 28)
     return model.initialize(seed)
+
+
+register_model_function("summary", summary)
+register_model_function("predict", predict)

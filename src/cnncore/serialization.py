@@ -25,7 +25,7 @@ import zipfile
 import numpy as np
 
 from ._version import __version__
-from .layers.base import layer_from_config
+from .layers.base import layer_from_config, register_model_function
 
 __all__ = ["FORMAT_VERSION", "save", "load", "load_checkpoint", "Checkpoint", "atomic_savez"]
 
@@ -189,6 +189,7 @@ def load_checkpoint(path):
     if version < 1:
         raise ValueError(f"{name}: invalid format version {version}")
     arch = _json(arrays, "__architecture__", name)
+    from . import zoo  # noqa: F401  (registers the zoo's layer classes; imported when needed)
     try:
         model = layer_from_config(arch)
     except (ValueError, TypeError, KeyError) as e:
@@ -221,3 +222,6 @@ def load(path):
     predictions equal the saved model's exactly.
     """
     return load_checkpoint(path).model
+
+
+register_model_function("save", save)

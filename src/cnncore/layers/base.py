@@ -31,16 +31,31 @@ def layer_from_config(config):
     name = config["class"]
     cls = _REGISTRY.get(name)
     if cls is None:
-        # The model zoo's containers (ResidualBlock, ResNet, ...) register on import.
-        from .. import zoo  # noqa: F401
-        cls = _REGISTRY.get(name)
-    if cls is None:
         raise ValueError(f"unknown layer class {name!r} (known: {', '.join(sorted(_REGISTRY))}); "
-                         "a custom layer must be imported before loading a model that uses it")
+                         "a custom layer must be imported before loading a model that uses it "
+                         "(cnncore.load imports the model zoo's)")
     layer = cls.from_config(config)
     if config.get("input_shape") is not None:
         layer.input_shape = tuple(int(s) for s in config["input_shape"])
     return layer
+
+
+_MODEL_FUNCTIONS = {}
+
+
+def register_model_function(name, fn):
+    """Make ``fn`` serve ``Layer.<name>`` (``'summary'``, ``'save'``, ``'predict'``): the
+    modules above the layers (:mod:`cnncore.model`, :mod:`cnncore.serialization`) register
+    their functions on import, so that this module imports nothing from them."""
+    _MODEL_FUNCTIONS[name] = fn
+
+
+def _model_function(name):
+    fn = _MODEL_FUNCTIONS.get(name)
+    if fn is None:  # only when cnncore.layers was imported without the cnncore package
+        raise RuntimeError(f"Layer.{name}() needs cnncore.model and cnncore.serialization: "
+                           "import cnncore first")
+    return fn
 
 
 def check_float_dtype(dtype, where):
@@ -342,22 +357,22 @@ class Layer:
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
 
+    # Model-level conveniences. Layers sit below the model floor (they import nothing from
+    # model.py or serialization.py); those modules register the functions here when
+    # cnncore is imported (see :func:`register_model_function`).
     def summary(self, input_shape=None, print_fn=print):
         """Print (and return) a table of layers, output shapes and parameter counts; see
         :func:`cnncore.model.summary`."""
-        from ..model import summary
-        return summary(self, input_shape, print_fn=print_fn)
+        return _model_function("summary")(self, input_shape, print_fn=print_fn)
 
     def save(self, path, optimizer=None):
         """Save architecture, weights and buffers (and ``optimizer``'s state) to one ``.npz``
         file; see :func:`cnncore.serialization.save`."""
-        from ..serialization import save
-        save(path, self, optimizer=optimizer)
+        _model_function("save")(path, self, optimizer=optimizer)
 
     def predict(self, x, batch_size=256):
         """Outputs for ``x`` in eval mode, batch by batch; see :func:`cnncore.model.predict`."""
-        from ..model import predict
-        return predict(self, x, batch_size=batch_size)
+        return _model_function("predict")(self, x, batch_size=batch_size)
 
     # ------------------------------------------------------------------ helpers
     def _backward_before_forward(self):
