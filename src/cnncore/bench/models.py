@@ -16,16 +16,19 @@ same thread count:
 Outside the timed region the outputs are compared: inference the logits of the last
 timed call; training one extra step first, with the Dropout layers switched off on both
 sides, whose logits (and parameter gradients, reported as ``grad_rel_error``) must agree.
-The error is ``max |cnncore - torch| / max |torch|`` (at most 1e-4 in float32, 1e-9 in
-float64): the row's check is ``ok`` or ``MISMATCH``. The classifier head, which the zoo
-starts at zero, is drawn at random so that the logits are not all zero.
+The error is ``max |cnncore - torch| / max |torch|`` (logits: at most 1e-4 in float32, 1e-9
+in float64; gradients: :data:`GRAD_TOLERANCE`): the row's check is ``ok`` or
+``MISMATCH``. The classifier head, which the zoo starts at zero, is drawn at random so
+that the logits are not all zero.
 
 Times are medians of ``repeats`` calls after ``warmup`` calls; a case whose calls are
 slow stops after ``budget`` seconds of timed calls (at least ``min_repeats``). Memory:
-``peak_mb`` is the peak resident set size during the warm-up and timed calls above the
-resident size just before them (freed C-heap memory returned to the system first with
-``malloc_trim``), measured in this process; :func:`measure_here` (``--models-memory``)
-measures it in a fresh process per case and implementation instead.
+``peak_mb`` is the peak resident set size during all the calls of an implementation (check,
+warm-up, timed) above the resident size before the first one, once the model, its twin and
+the batch are built and freed C-heap memory is returned to the system (``malloc_trim``):
+activations, temporaries, cached pool blocks, gradients and momentum buffers, measured in
+this process; :func:`measure_here` (``--models-memory``) measures it in a fresh process per
+case and implementation instead.
 """
 
 import contextlib
@@ -48,8 +51,11 @@ __all__ = ["Net", "Case", "NETWORKS", "plan", "select_networks", "build_model", 
 IMPLS = ("cnncore", "torch")
 LR, MOMENTUM = 0.01, 0.9
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
-#: Parameter gradients may differ more than logits (train-mode BatchNorm in float32).
-GRAD_TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
+#: Parameter gradients are compared loosely: through train-mode BatchNorm the early layers'
+#: float32 gradients of *both* libraries are about 1e-3 away from a float64 computation
+#: (ResNet-18 CIFAR, width 64, batch 16: cnncore 2.5e-3, torch 3.7e-3 of the largest
+#: gradient), while a wrong gradient is off by order 1.
+GRAD_TOLERANCE = {"float32": 1e-2, "float64": 1e-8}
 
 
 @dataclass(frozen=True)
@@ -321,32 +327,30 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
     before = monitor.snapshot() if monitor else None
     outputs, grads = {}, None
     alloc = pool() if memory_pool else contextlib.nullcontext()
-    with alloc:
+    with alloc, PeakRss() as mem:
         fn = cnncore_call(model, case.mode, x, labels)
         if case.mode == "train" and tmodel is not None:
             with _no_dropout(model, tmodel):  # the checking step, before any update
                 outputs["check_cnncore"] = np.array(fn())
             grads = {name: p.grad.copy() for name, p in model.named_parameters()}
-        with PeakRss() as mem:
-            row["times"]["cnncore"], out = time_budgeted(fn, warmup, repeats, budget,
-                                                         min_repeats)
+        row["times"]["cnncore"], out = time_budgeted(fn, warmup, repeats, budget, min_repeats)
         outputs["cnncore"] = np.array(out)
         del fn, out
     row["peak_mb"]["cnncore"] = mem.mb
     if tmodel is not None:
         torch.manual_seed(seed)
         time.sleep(settle)  # cnncore's OpenMP threads stop spinning
-        fn = torch_call(torch, tmodel, case.mode, x, labels)
-        if case.mode == "train":
-            with _no_dropout(model, tmodel):
-                outputs["check_torch"] = fn().numpy()
-            row["grad_rel_error"] = grad_error(grads, tmodel)
-            del grads
         with PeakRss() as mem:
+            fn = torch_call(torch, tmodel, case.mode, x, labels)
+            if case.mode == "train":
+                with _no_dropout(model, tmodel):
+                    outputs["check_torch"] = fn().numpy()
+                row["grad_rel_error"] = grad_error(grads, tmodel)
+                del grads
             row["times"]["torch"], out = time_budgeted(fn, warmup, repeats, budget,
                                                        min_repeats)
-        outputs["torch"] = out.numpy().copy()
-        del fn, out
+            outputs["torch"] = out.numpy().copy()
+            del fn, out
         row["peak_mb"]["torch"] = mem.mb
         key = "check_" if case.mode == "train" else ""
         row["rel_error"] = rel_error(outputs[key + "cnncore"], outputs[key + "torch"])

@@ -173,10 +173,11 @@ MODELS_NOTE = (
     "whole networks (--ops models): the zoo model and its cnncore.interop.to_torch twin "
     "(same weights); infer = eval-mode forward (torch under inference_mode), train = one "
     "SGD-momentum step with softmax cross-entropy (cnncore as Trainer.fit does it, in a "
-    "memory pool); ms = median; /torch = cnncore time / torch time; MB = peak RSS above "
-    "the resident size before the warm-up and timed calls (weights, inputs, momentum "
-    "and, for cnncore, gradients excluded; --models-memory: fresh processes); check = "
-    "logits (train: and gradients) compared outside the timed region")
+    "memory pool); ms = median; /torch = cnncore time / torch time; MB = peak RSS of all "
+    "the calls above the resident size before the first (activations, temporaries, "
+    "gradients, momentum; weights and inputs excluded; --models-memory: the same in a "
+    "fresh process per case and implementation); check = logits (train: and gradients) "
+    "compared outside the timed region")
 
 
 def models_row(row):
