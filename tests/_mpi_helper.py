@@ -9,6 +9,10 @@ train OUT DTYPE BN SYNC
 fail RANK
     Training data with a NaN sample that lands on rank RANK's shard of batch 3: that rank
     raises TrainingDiverged while the other waits in the gradient sum.
+resume DIR
+    Two epochs in one ``fit``, then one epoch with a ModelCheckpoint and a CSVLogger
+    (rank 0 only) and a second one resumed on every rank with ``Trainer.from_checkpoint``:
+    the weights must be the same, bit for bit.
 mnist URL CHECKSUMS_JSON EXPECTED_NPZ
     Both ranks load MNIST at the same moment into the same empty cache ($CNNCORE_CACHE)
     from a local mirror.
@@ -86,6 +90,30 @@ def main(argv):
         print(f"rank {rank} starts at {time.time():.3f}", flush=True)
         trainer.fit(x, y, epochs=1, batch_size=BATCH, shuffle=False, verbose=0)
         print(f"rank {rank} finished training (it should not)", flush=True)
+    elif mode == "resume":
+        from mpi4py import MPI
+        from cnncore.callbacks import CSVLogger, ModelCheckpoint
+        comm, d = MPI.COMM_WORLD, argv[1]
+        x, y = data(np.float64)
+
+        def fresh():
+            model = build(np.float64, False)
+            return Trainer(model, SoftmaxCrossEntropy(),
+                           SGD(model.parameters(), lr=0.05, momentum=0.9), seed=7,
+                           distributed="mpi")
+        straight = fresh()
+        straight.fit(x, y, epochs=2, batch_size=BATCH, transform=noise, verbose=0)
+        first = fresh()
+        first.fit(x, y, epochs=1, batch_size=BATCH, transform=noise, verbose=0,
+                  callbacks=[ModelCheckpoint(f"{d}/ck.npz"), CSVLogger(f"{d}/log.csv")])
+        comm.Barrier()  # rank 0 has written the checkpoint
+        resumed = Trainer.from_checkpoint(f"{d}/ck.npz", distributed="mpi")
+        resumed.fit(x, y, epochs=1, batch_size=BATCH, transform=noise, verbose=0)
+        for (name, a), b in zip(straight.model.state_dict().items(),
+                                resumed.model.state_dict().values()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        assert resumed.epoch == 2 and resumed.global_step == straight.global_step
+        print(f"rank {comm.Get_rank()} resume ok", flush=True)
     elif mode == "mnist":
         from mpi4py import MPI
         from cnncore.datasets import DownloadError, load_mnist

@@ -49,14 +49,16 @@ MPIEXEC, WHY = _mpiexec()
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason=f"2-rank MPI tests skipped: {WHY}")
 
 
-def run_mpi(*args, ranks=2, env=None, check=True):
-    """``mpiexec -n ranks python _mpi_helper.py args...``; returns (CompletedProcess, s)."""
+def run_mpi(*args, ranks=2, env=None, check=True, module=None):
+    """``mpiexec -n ranks python _mpi_helper.py args...`` (``python -m module args...``);
+    returns (CompletedProcess, seconds)."""
     full_env = dict(os.environ, CNNCORE_NUM_THREADS="1", OMP_NUM_THREADS="1",
                     PYTHONPATH=os.pathsep.join(
                         [str(Path(cnncore.__file__).parent.parent), str(HERE),
                          os.environ.get("PYTHONPATH", "")]))
     full_env.update(env or {})
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, str(HELPER), *map(str, args)]
+    target = [str(HELPER)] if module is None else ["-m", module]
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, *target, *map(str, args)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, start_new_session=True)
@@ -138,6 +140,35 @@ def test_per_rank_batchnorm_statistics_by_default(tmp_path):
     for key in ref:
         np.testing.assert_array_equal(r0[key], r1[key])
     assert _rel(r0["param.0.weight"], ref["param.0.weight"]) > 1e-6
+
+
+@needs_mpi
+def test_mnist_example_distributed_prints_once(tmp_path):
+    """``mpiexec -n 2 python -m cnncore.examples.mnist --distributed`` (on a tiny fake
+    MNIST): one summary, one epoch line, one ``test accuracy:`` line, one saved model."""
+    from test_datasets import _tiny_dataset, _write_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_dataset(data, _tiny_dataset(5, n_train=256, n_test=64))
+    res, _ = run_mpi("--distributed", "--epochs", "1", "--threads", "1", "--data", data,
+                     "--out", tmp_path / "out", module="cnncore.examples.mnist")
+    out = res.stdout
+    assert out.count("test accuracy:") == 1, out
+    assert out.count("Total params") == 1 and out.count("epoch 1/1 - ") == 1, out
+    assert "1 threads on each of 2 ranks" in out
+    assert (tmp_path / "out" / "lenet5_mnist.npz").exists()
+
+
+@needs_mpi
+def test_checkpoint_on_rank_zero_resume_on_every_rank(tmp_path):
+    """ModelCheckpoint and CSVLogger run on rank 0 only (one header, one row); every rank
+    resumes from the checkpoint and ends where an uninterrupted run ends, bit for bit."""
+    res, _ = run_mpi("resume", tmp_path)
+    assert "rank 0 resume ok" in res.stdout and "rank 1 resume ok" in res.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "log.csv"]
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("epoch,loss"), rows
 
 
 @needs_mpi
