@@ -2,7 +2,7 @@
 
 Modes
 -----
-train OUT DTYPE BN SYNC
+train OUT DTYPE BN SYNC [OVERLAP]
     Train a small network for two epochs (global batch 7 on 45 samples: uneven shards,
     a last batch of 3, a noise transform), then evaluate and predict; every rank saves
     ``OUT.rank<r>.npz`` (weights, buffers, losses, evaluation, predictions).
@@ -75,8 +75,13 @@ def main(argv):
         from mpi4py import MPI
         rank = MPI.COMM_WORLD.Get_rank()
         out, dtype, bn, sync = argv[1], np.dtype(argv[2]), argv[3] == "1", argv[4] == "1"
+        distributed = "mpi"
+        if len(argv) > 5 and argv[5] == "1":  # small buckets, started during backward
+            from cnncore.distributed import DistributedContext
+            distributed = DistributedContext("mpi", bucket_bytes=256, overlap=True)
         # rank 1 starts from other weights: the broadcast from rank 0 must fix that
-        res = train(dtype, bn, distributed="mpi", sync_batchnorm=sync, init_seed=rank * 100)
+        res = train(dtype, bn, distributed=distributed, sync_batchnorm=sync,
+                    init_seed=rank * 100)
         np.savez(f"{out}.rank{rank}.npz", **res)
     elif mode == "fail":
         from mpi4py import MPI

@@ -130,6 +130,18 @@ def test_two_ranks_match_one_process(tmp_path, dtype, bn, tol):
 
 
 @needs_mpi
+@pytest.mark.parametrize("bn", [False, True])
+def test_overlapped_bucket_sums_give_the_same_bits(tmp_path, bn):
+    """overlap=True with 256-byte buckets (sums started during backward, in bucket order)
+    gives bit for bit the weights of the plain bucketed sum."""
+    for overlap in (0, 1):
+        run_mpi("train", tmp_path / f"o{overlap}", "float64", int(bn), int(bn), overlap)
+    plain, over = (dict(np.load(tmp_path / f"o{k}.rank0.npz")) for k in (0, 1))
+    for key in plain:
+        np.testing.assert_array_equal(over[key], plain[key], err_msg=key)
+
+
+@needs_mpi
 def test_per_rank_batchnorm_statistics_by_default(tmp_path):
     """Without sync_batchnorm each rank normalises with its shard's statistics (PyTorch
     DDP's default): the result differs from one process but the ranks still agree."""

@@ -160,7 +160,11 @@ class Trainer:
         self._dist = None
         if distributed is not None:
             from .distributed import DistributedContext
-            self._dist = DistributedContext(distributed, sync_batchnorm=sync_batchnorm)
+            if isinstance(distributed, DistributedContext):  # bucket size, overlap
+                self._dist = distributed
+                distributed.sync_batchnorm |= bool(sync_batchnorm)
+            else:
+                self._dist = DistributedContext(distributed, sync_batchnorm=sync_batchnorm)
         elif sync_batchnorm:
             raise ValueError("Trainer: sync_batchnorm=True needs distributed=...")
 
@@ -276,6 +280,11 @@ class Trainer:
         n_batches = -(-n // batch_size)
         dist = self._dist
         where = "" if dist is None else f" on rank {dist.rank}"
+        if dist is not None and dist.sync_batchnorm and n - (n_batches - 1) * batch_size \
+                < dist.size:
+            raise ValueError(f"Trainer.fit: sync_batchnorm needs every global batch to have "
+                             f"at least one sample per rank ({dist.size}); batch_size="
+                             f"{batch_size} on {n} samples leaves a smaller last batch")
         history = History()
         params = self.model.parameters()
         self.stop_training = False

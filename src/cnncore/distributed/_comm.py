@@ -127,6 +127,37 @@ class Communicator:
         self.comm.Allgatherv(acc, [buf, (counts, displs)])
         return buf
 
+    def _layout(self, n):
+        bounds = np.array([r * n // self.size for r in range(self.size + 1)])
+        counts, displs = np.diff(bounds), bounds[:-1]
+        return counts, displs, int(counts[self.rank])
+
+    def start_allreduce_sum(self, buf):
+        """Start :meth:`allreduce_sum_` without waiting (its non-blocking reduce-scatter
+        exchange); returns what :meth:`finish_allreduce_sum_` needs. ``buf`` must not
+        change in between."""
+        counts, displs, k = self._layout(buf.size)
+        pieces = np.empty((self.size, k), dtype=buf.dtype)
+        req = self.comm.Ialltoallv([buf, (counts, displs)],
+                                   [pieces, ([k] * self.size, [k * r for r in range(self.size)])])
+        return req, pieces
+
+    def finish_allreduce_sum_(self, buf, req, pieces):
+        """Complete a sum started by :meth:`start_allreduce_sum` (same arithmetic)."""
+        counts, displs, _ = self._layout(buf.size)
+        req.Wait()
+        acc = pieces[0]
+        for r in range(1, self.size):  # rank order, always
+            acc += pieces[r]
+        self.comm.Allgatherv(acc, [buf, (counts, displs)])
+        return buf
+
+    def progress(self, requests):
+        """Let MPI move data of pending non-blocking operations (MPICH progresses them only
+        inside MPI calls unless an asynchronous progress thread is enabled)."""
+        if requests:
+            self.MPI.Request.Testall(requests)
+
     def sum_scalars(self, *values):
         """The rank-order sums (float64) of a few numbers, as a tuple."""
         a = np.array(values, dtype=np.float64)

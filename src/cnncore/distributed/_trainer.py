@@ -20,11 +20,23 @@ class GradientReducer:
     hold one dtype each and about ``bucket_bytes`` (a larger parameter gets a bucket of its
     own). Each bucket is copied into one flat buffer, summed in rank order
     (:meth:`Communicator.allreduce_sum_`) and copied back.
+
+    With ``overlap=True`` (experimental; see :meth:`attach`) the first half of a bucket's
+    sum (the non-blocking ``Ialltoallv`` of the reduce-scatter) starts as soon as the
+    backward pass has produced the gradients of this bucket and of every bucket before it
+    (buckets start in index order on every rank, as collectives must be called in the same
+    order everywhere), while backward goes on with the earlier layers; :meth:`reduce` then
+    completes them. Same arithmetic, same result.
     """
 
-    def __init__(self, comm, params, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    def __init__(self, comm, params, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=False):
         self.comm = comm
         self.params = list(params)
+        self.overlap = bool(overlap)
+        self._pending = {}  # bucket index -> (request, pieces) started during backward
+        self._left = None  # per bucket: gradients still to come in this backward pass
+        self._next = 0  # the next bucket to start
+        self._wrapped = []
         self.buckets = []  # (list of params, flat buffer)
         group, nbytes, dtype = [], 0, None
         for p in reversed(self.params):
@@ -45,27 +57,107 @@ class GradientReducer:
     def nbytes(self):
         return sum(flat.nbytes for _, flat in self.buckets)
 
+    @staticmethod
+    def _pack(group, flat):
+        pos = 0
+        for p in group:
+            flat[pos:pos + p.grad.size] = p.grad.reshape(-1)
+            pos += p.grad.size
+
+    @staticmethod
+    def _unpack(group, flat):
+        pos = 0
+        for p in group:
+            p.grad[...] = flat[pos:pos + p.grad.size].reshape(p.grad.shape)
+            pos += p.grad.size
+
     def reduce(self):
-        for group, flat in self.buckets:
-            pos = 0
+        """Sum every bucket over the ranks (finishing those started during backward)."""
+        if not self._wrapped:
+            for group, flat in self.buckets:
+                self._pack(group, flat)
+                self.comm.allreduce_sum_(flat)
+                self._unpack(group, flat)
+            return
+        # overlap: the same non-blocking operations, in the same order, on every rank (also
+        # on a rank that had nothing to compute in this step)
+        self._start_ready(everything=True)
+        for i, (group, flat) in enumerate(self.buckets):
+            self.comm.finish_allreduce_sum_(flat, *self._pending.pop(i))
+            self._unpack(group, flat)
+        self._left, self._next = None, 0
+
+    # ------------------------------------------------------------------ overlap
+    def attach(self, model):
+        """Wrap the ``backward`` / ``backward_params`` of every layer of ``model`` that owns
+        parameters, so that a bucket's sum starts when its gradients are complete (only
+        with ``overlap=True`` and more than one rank). :meth:`detach` undoes it."""
+        if not self.overlap or self.comm.size == 1:
+            return
+        where = {}
+        for i, (group, _) in enumerate(self.buckets):
             for p in group:
-                flat[pos:pos + p.grad.size] = p.grad.reshape(-1)
-                pos += p.grad.size
-            self.comm.allreduce_sum_(flat)
-            pos = 0
-            for p in group:
-                p.grad[...] = flat[pos:pos + p.grad.size].reshape(p.grad.shape)
-                pos += p.grad.size
+                where[id(p)] = i
+        for _, layer in model.named_layers():
+            own = [where[id(p)] for p in layer._params.values() if id(p) in where]
+            if not own:
+                continue
+            for name in ("backward", "backward_params"):
+                had = name in layer.__dict__
+                inner = getattr(layer, name)
+                self._wrapped.append((layer, name, had, layer.__dict__.get(name)))
+                setattr(layer, name, self._hooked(inner, own, id(layer)))
+
+    def _hooked(self, inner, own, key):
+        def call(grad_out):
+            result = inner(grad_out)
+            self._done(own, key)
+            return result
+        return call
+
+    def _done(self, buckets, key):
+        if self._left is None:
+            self._left = [len(group) for group, _ in self.buckets]
+            self._seen = set()
+        if key in self._seen:  # backward_params calling backward: count the layer once
+            return
+        self._seen.add(key)
+        for i in buckets:
+            self._left[i] -= 1
+        self._start_ready()
+        self.comm.progress([req for req, _ in self._pending.values()])
+
+    def _start_ready(self, everything=False):
+        while self._next < len(self.buckets) and (
+                everything or (self._left is not None and self._left[self._next] <= 0)):
+            group, flat = self.buckets[self._next]
+            self._pack(group, flat)
+            self._pending[self._next] = self.comm.start_allreduce_sum(flat)
+            self._next += 1
+
+    def detach(self):
+        for layer, name, had, old in reversed(self._wrapped):
+            if had:
+                setattr(layer, name, old)
+            else:
+                layer.__dict__.pop(name, None)
+        self._wrapped = []
 
 
 class DistributedContext:
-    """The Trainer's distributed side (one per Trainer)."""
+    """The Trainer's distributed side (one per Trainer).
 
-    def __init__(self, distributed, sync_batchnorm=False, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    ``Trainer(distributed=...)`` makes one from ``"mpi"`` or a communicator; pass one
+    yourself to set ``bucket_bytes`` or ``overlap`` (see :class:`GradientReducer`).
+    """
+
+    def __init__(self, distributed, sync_batchnorm=False, bucket_bytes=DEFAULT_BUCKET_BYTES,
+                 overlap=False):
         self.comm = get_communicator(distributed)
         self.rank, self.size = self.comm.rank, self.comm.size
         self.sync_batchnorm = bool(sync_batchnorm)
         self.bucket_bytes = int(bucket_bytes)
+        self.overlap = bool(overlap)
         self.reducer = None
         install_abort_hook(self.comm)
 
@@ -114,11 +206,13 @@ class DistributedContext:
         """Broadcast the state, build the gradient buckets, hook BatchNorm if asked."""
         self.broadcast_state(trainer)
         self.reducer = GradientReducer(self.comm, trainer.model.parameters(),
-                                       self.bucket_bytes)
+                                       self.bucket_bytes, self.overlap)
         hooked = _sync_bn.install(trainer.model, self.comm) if self.sync_batchnorm else []
+        self.reducer.attach(trainer.model)
         try:
             yield self
         finally:
+            self.reducer.detach()
             _sync_bn.uninstall(hooked)
 
     # ------------------------------------------------------------------ training steps
