@@ -73,6 +73,8 @@ class GradientReducer:
 
     def reduce(self):
         """Sum every bucket over the ranks (finishing those started during backward)."""
+        if self.comm.size == 1:
+            return
         if not self._wrapped:
             for group, flat in self.buckets:
                 self._pack(group, flat)
