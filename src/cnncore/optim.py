@@ -68,6 +68,8 @@ class Optimizer:
         """Apply one update to every parameter from its ``grad``."""
         self.step_count += 1
         self._update()
+        for p in self.params:  # an _update may write through views (p.data[...] = ...)
+            p.mark_changed()
 
     def _update(self):
         raise NotImplementedError
