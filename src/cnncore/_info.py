@@ -2,12 +2,13 @@
 
 import platform
 import sys
+from typing import Dict, List, Optional, TextIO, Union
 
 from ._config import get_num_threads
 from ._version import __version__
 
 
-def _blas_info():
+def _blas_info() -> List[str]:
     from threadpoolctl import threadpool_info
     import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl can see it)
     libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
@@ -17,21 +18,25 @@ def _blas_info():
             for i in scipy_libs]
 
 
-def config():
+#: What :func:`config` returns: strings, booleans, ints and lists of strings.
+ConfigValue = Union[str, bool, int, List[str]]
+
+
+def config() -> Dict[str, ConfigValue]:
     """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
-    from ._kernels import _openmp_helpers
+    from ._kernels._openmp_helpers import openmp_enabled, openmp_max_threads
     try:
         from . import _build_info as build
-        flags = build.COMPILE_ARGS
-        compiler = build.COMPILER
+        flags: List[str] = list(build.COMPILE_ARGS)
+        compiler: str = build.COMPILER
     except ImportError:  # built by a tool that skipped setup.py's build-info step
         flags, compiler = [], "unknown"
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "openmp": _openmp_helpers.openmp_enabled(),
-        "openmp_max_threads": _openmp_helpers.openmp_max_threads(),
+        "openmp": bool(openmp_enabled()),
+        "openmp_max_threads": int(openmp_max_threads()),
         "default_threads": get_num_threads(),
         "blas": _blas_info(),
         "compiler": compiler,
@@ -39,7 +44,7 @@ def config():
     }
 
 
-def show_config(file=None):
+def show_config(file: Optional[TextIO] = None) -> None:
     """Print the version, OpenMP on/off, BLAS in use, default thread count and compiler flags."""
     c = config()
     lines = [
@@ -48,7 +53,12 @@ def show_config(file=None):
         + (f", runtime max threads {c['openmp_max_threads']}" if c["openmp"] else ""),
         f"  default threads: {c['default_threads']} (cnncore.set_num_threads / "
         "CNNCORE_NUM_THREADS)",
-        "  BLAS:            " + ("\n                   ".join(c["blas"]) or "not found"),
-        f"  compiler:        {c['compiler']} {' '.join(c['compile_flags'])}",
+        "  BLAS:            " + ("\n                   ".join(_strings(c["blas"]))
+                                 or "not found"),
+        f"  compiler:        {c['compiler']} {' '.join(_strings(c['compile_flags']))}",
     ]
     print("\n".join(lines), file=file or sys.stdout)
+
+
+def _strings(value: ConfigValue) -> List[str]:
+    return list(value) if isinstance(value, list) else [str(value)]
