@@ -3,7 +3,8 @@
 A training step allocates the same array sizes every time (activations, gradients,
 workspaces) and frees them again. glibc returns large freed blocks to the kernel (munmap,
 or trimming the top of the heap), so the next step faults every 4 KiB page back in: about
-a quarter of a LeNet-5 step at batch 64 (1 ms of 4; see "Profiling" in README.md).
+a quarter of a LeNet-5 step at batch 64 (1 ms of 4; see "The memory pool" in the user guide,
+docs/user_guide/memory.md).
 :class:`memory_pool` installs a caching allocator as NumPy's data allocator (NEP 49,
 ``PyDataMem_SetHandler``) for the duration of a ``with`` block: a freed block of a size is
 kept and handed to the next array of the same size, as PyTorch's caching allocator does
