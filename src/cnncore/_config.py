@@ -59,10 +59,10 @@ def resolve_threads(n_threads: Optional[int], where: str = "cnncore") -> int:
 
 # Scratch memory a convolution may use per thread (its tile of the im2col column matrix).
 DEFAULT_WORKSPACE_LIMIT = 32 << 20
-_workspace_limit = None
+_workspace_limit: Optional[int] = None
 
 
-def set_workspace_limit(nbytes):
+def set_workspace_limit(nbytes: Optional[int]) -> None:
     """Cap the scratch memory each thread of a convolution uses, in bytes (``None`` restores
     the default, 32 MiB).
 
@@ -83,7 +83,7 @@ def set_workspace_limit(nbytes):
     _workspace_limit = nbytes
 
 
-def get_workspace_limit():
+def get_workspace_limit() -> int:
     """The scratch memory, in bytes, a convolution may use per thread (see
     :func:`set_workspace_limit`)."""
     return DEFAULT_WORKSPACE_LIMIT if _workspace_limit is None else _workspace_limit
