@@ -24,3 +24,7 @@ __all__ = [
     "Dropout", "BatchNorm2d", "BatchNorm1d", "LocalResponseNorm",
     "Sequential", "Residual", "Concat",
 ]
+
+from .graph import Add, Concatenate, Graph  # noqa: E402  (DAG models, issue 14)
+from .padding import ConstantPad2d, ZeroPad2d  # noqa: E402
+__all__ += ["Graph", "Add", "Concatenate", "ConstantPad2d", "ZeroPad2d"]
