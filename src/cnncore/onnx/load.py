@@ -200,6 +200,25 @@ CONSTANT_OPS = {"Constant": _constant, "Identity": lambda ld, n, a: ld.const(n.i
                 "Reshape": _reshape_const}
 
 
+def _fold(ld, node, a):
+    """Evaluate a node whose inputs are all constants: shape arithmetic holding the batch
+    symbol with :data:`CONSTANT_OPS`, anything numeric with onnx's reference evaluator."""
+    symbolic = any(ld.consts[i].dtype == object for i in node.input if i)
+    if node.op_type in CONSTANT_OPS and (symbolic or node.op_type != "Shape"):
+        value = CONSTANT_OPS[node.op_type](ld, node, a)
+        return [np.asarray(value, dtype=object if isinstance(value, _Batch) else None)]
+    if symbolic:
+        raise _Unsupported("shape arithmetic on the batch size other than "
+                           f"{', '.join(sorted(CONSTANT_OPS))}")
+    from onnx.reference import ReferenceEvaluator
+    try:
+        outs = ReferenceEvaluator(node).run(None, {i: ld.consts[i] for i in node.input if i})
+    except Exception as e:  # the evaluator's own errors: not a standard operator, bad node
+        raise _Unsupported(f"cannot evaluate this constant expression ({type(e).__name__}: "
+                           f"{e})") from None
+    return [np.asarray(o) for o in outs]
+
+
 # ------------------------------------------------------------------------- layers
 def _check_spatial(op, kernel, what="kernel"):
     if len(kernel) not in (1, 2):
@@ -627,14 +646,18 @@ def load(source):
             if node.domain not in ("", "ai.onnx"):
                 raise _Unsupported(f"domain {node.domain!r}")
             present = [i for i in node.input if i]
-            if node.op_type == "Shape" and present[0] in ld.acts or (
-                    node.op_type in CONSTANT_OPS and all(i in ld.consts for i in present)):
-                value = CONSTANT_OPS[node.op_type](ld, node, a)
-                ld.consts[node.output[0]] = np.asarray(
-                    value, dtype=object if isinstance(value, _Batch) else None)
+            if all(i in ld.consts for i in present) and not node.op_type == "Dropout":
+                value = _fold(ld, node, a)
+                for name, v in zip(node.output, value):
+                    ld.consts[name] = v
+                continue
+            if node.op_type == "Shape" and present[0] in ld.acts:
+                ld.consts[node.output[0]] = _shape(ld, node, a)
                 continue
             if any(i in ld.failed for i in present):
-                ld.failed.update(node.output)  # reported at its cause
+                ld.failed.update(node.output)  # reported at its cause, unless unknown too
+                if node.op_type not in IMPORTERS and node.op_type not in CONSTANT_OPS:
+                    raise _Unsupported("no cnncore layer for this operator")
                 continue
             missing = [i for i in present if i not in ld.consts and i not in ld.acts]
             if missing:
