@@ -15,7 +15,6 @@ from ..layers import (Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                       GlobalAvgPool2d, Graph, Identity, LeakyReLU, Linear, LocalResponseNorm,
                       MaxPool2d, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
 from ..layers.adaptive import _plan as _adaptive_plan, adaptive_pool_matrix
-from ..zoo.blocks import DenseLayer, ResidualBlock
 from ._common import require_onnx
 
 __all__ = ["export", "to_model_proto", "EXPORTERS", "MIN_OPSET"]
@@ -245,10 +244,17 @@ EXPORTERS = {
     AdaptiveAvgPool2d: _adaptive, Flatten: _flatten, Identity: _identity, Dropout: _dropout,
     LocalResponseNorm: _lrn, ConstantPad2d: _pad,
     Add: _add, Concatenate: _concatenate,
-    Sequential: _sequential, Residual: _residual, Concat: _concat_container,
-    ResidualBlock: _residual_block, DenseLayer: _dense_layer, Graph: _graph,
+    Sequential: _sequential, Residual: _residual, Concat: _concat_container, Graph: _graph,
 }
-CONTAINERS = {Sequential, Residual, Concat, ResidualBlock, DenseLayer, Graph}
+CONTAINERS = {Sequential, Residual, Concat, Graph}
+
+
+def _add_zoo_blocks():
+    """The zoo's blocks, added on first use (``import cnncore`` does not import the zoo)."""
+    from ..zoo.blocks import DenseLayer, ResidualBlock
+    EXPORTERS.setdefault(ResidualBlock, _residual_block)
+    EXPORTERS.setdefault(DenseLayer, _dense_layer)
+    CONTAINERS.update((ResidualBlock, DenseLayer))
 
 
 class _Unsupported(Exception):
@@ -306,6 +312,7 @@ def to_model_proto(model, input_shape=None, opset=17, dynamic_batch=True):
     if not MIN_OPSET <= opset <= newest:
         raise ValueError(f"cnncore.onnx.export: opset must be in {MIN_OPSET}..{newest} (the "
                          f"installed onnx {onnx.__version__}), got {opset}")
+    _add_zoo_blocks()
     dtype = model.dtype or np.dtype(np.float32)
     w = _Writer(onnx, dtype, opset)
     w.used.add("input")

@@ -26,7 +26,7 @@ shape arithmetic Shape / Gather / Unsqueeze / Squeeze / Concat / Cast / Reshape 
 constants are evaluated at load time.
 """
 
-from .export import EXPORTERS
+from .export import EXPORTERS, _add_zoo_blocks
 from .load import CONSTANT_OPS, IMPORTERS
 
 __all__ = ["exportable_layers", "importable_operators"]
@@ -35,6 +35,7 @@ __all__ = ["exportable_layers", "importable_operators"]
 def exportable_layers():
     """Names of the layer classes :func:`cnncore.onnx.export` writes (subclasses that do not
     override ``forward`` too)."""
+    _add_zoo_blocks()
     return sorted(cls.__name__ for cls in EXPORTERS)
 
 
