@@ -401,6 +401,22 @@ def test_a_loaded_model_trains_and_saves(tmp_path, rng):
     assert_matches(run_ort(to_model_proto(loaded), x)[0], loaded.predict(x), what="re-export")
 
 
+# ---------------------------------------------------------------------------- bench
+def test_ort_session_and_compare(rng):
+    from cnncore.onnx.bench import compare, ort_available, ort_session
+    assert ort_available()
+    model = randomize(zoo.lenet5())
+    run = ort_session(model, threads=1)
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    assert_matches(run(x), model.forward(x), what="ort_session")
+    assert run.session.get_session_options().intra_op_num_threads == 1
+    res = compare(model, batch_size=2, threads=1, repeats=2, warmup=0)
+    assert set(res) == {"cnncore", "onnxruntime", "ratio", "max_rel_diff"}
+    assert res["max_rel_diff"] <= RTOL and res["ratio"] > 0
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        ort_session(model, optimization="max")
+
+
 # ---------------------------------------------------------------------------- packaging
 def test_cnncore_imports_without_onnx():
     code = ("import sys; sys.modules['onnx'] = None; import cnncore, cnncore.onnx;"
