@@ -6,6 +6,7 @@ Needs the onnx and onnxruntime packages (``pip install "cnncore[onnx]" onnxrunti
 installs them); the PyTorch tests also need torch."""
 
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -117,6 +118,17 @@ def test_zoo_export_checks_and_matches_onnxruntime(name, tmp_path, rng):
     assert isinstance(back, Graph if name.startswith(("resnet", "densenet")) else Sequential)
     assert back.num_parameters() == model.num_parameters()
     assert_matches(back.forward(x), y, rtol=1e-6, what=f"{name} round trip")
+
+
+@pytest.mark.skipif(os.environ.get("CNNCORE_ONNX_FULL_ZOO") != "1",
+                    reason="the full-size zoo (minutes, several GB): set CNNCORE_ONNX_FULL_ZOO=1")
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_full_size_zoo_matches_onnxruntime(name, rng):
+    model = randomize(zoo.get_model(name))
+    proto = to_model_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    x = rng.standard_normal((1,) + model.input_shape).astype(np.float32)
+    assert_matches(run_ort(proto, x)[0], model.forward(x), what=f"{name} onnxruntime")
 
 
 @pytest.mark.parametrize("layers,shape", [
