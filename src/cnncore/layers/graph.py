@@ -24,8 +24,9 @@ sums the gradients of a tensor that several nodes consume.
 
 * One input (the Trainer feeds one array); any number of consumers.
 * Several outputs (``g.output("a", "b")``): ``forward`` returns a tuple, ``backward`` takes
-  a tuple (``None`` for an output without gradient). With one output (the default) the
-  graph is an ordinary layer: it trains, nests in a Sequential, saves and loads.
+  a tuple (``None`` for an output without gradient); ``predict`` and the Trainer need one
+  output. With one output (the default) the graph is an ordinary layer: it trains, nests
+  in a Sequential, saves, loads and exports to ONNX (:func:`cnncore.onnx.export`).
 * A node that no output depends on is refused (the error names it): its parameters would
   never be trained. Remove it or make it an output.
 * A layer instance is one node: a layer caches its input in ``forward``, so sharing one
