@@ -27,7 +27,7 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
 KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "winograd", "pool", "activations",
-           "dense", "_memory"]
+           "dense", "_memory", "norm"]
 OPT_FLAGS = ["-O3"]
 
 

@@ -308,6 +308,37 @@ def _(g, d):
     return lambda t: F.softmax_cross_entropy(z, labels, n_threads=t)
 
 
+def _bn_args(g, dtype):
+    x = (g.standard_normal((6, 37, 5, 7)) + 3).astype(dtype)
+    gamma, beta = g.uniform(0.5, 1.5, 37).astype(dtype), g.standard_normal(37).astype(dtype)
+    gy = g.standard_normal(x.shape).astype(dtype)
+    return x, gamma, beta, gy
+
+
+@kernel("batch_norm")
+def _(g, d):
+    x, gamma, beta, _ = _bn_args(g, d)
+    c = x.shape[1]
+
+    def call(t):
+        rm, rv = np.zeros(c, d), np.ones(c, d)
+        return F.batch_norm(x, gamma, beta, rm, rv, True, n_threads=t) + (rm, rv)
+    return call
+
+
+@kernel("batch_norm_backward")
+def _(g, d):
+    x, gamma, beta, gy = _bn_args(g, d)
+    _, mean, inv_std = F.batch_norm(x, gamma, beta, None, None, True)
+    return lambda t: F.batch_norm_backward(gy, x, mean, inv_std, gamma, True, n_threads=t)
+
+
+@kernel("add_relu")
+def _(g, d):
+    a, gy = _act_args(g, d)
+    return lambda t: F.add_relu(a, gy, n_threads=t)
+
+
 @kernel("mse_loss")
 def _(g, d):
     pred = g.standard_normal((300, 40)).astype(d)

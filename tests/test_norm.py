@@ -1,5 +1,6 @@
-"""The normalisation kernels (cnncore._norm_kernels) against their loop-based twins
-(cnncore._norm_reference) and against finite differences."""
+"""The normalisation kernels (cnncore.functional.norm: compiled batch norm and add_relu;
+cnncore._norm_kernels: NumPy LRN and dropout) against their loop-based twins
+(cnncore.reference / cnncore._norm_reference), PyTorch, and finite differences."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from _gradcheck import check_gradient
 from cnncore import _norm_kernels as K
 from cnncore import _norm_reference as R
+from cnncore import functional as F
 
 
 def _bn_inputs(rng, shape, dtype):
@@ -21,61 +23,189 @@ def _bn_inputs(rng, shape, dtype):
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
 
+BN_SHAPES = [
+    (4, 3, 5, 6), (7, 5), (3, 4, 9),    # BatchNorm2d, BatchNorm1d (N, C) and (N, C, L)
+    (1, 3, 4, 5),                       # N = 1 with spatial > 1
+    (9, 6, 1, 1), (5, 1, 3, 3),         # 1x1 spatial; C = 1
+    (2, 300, 3, 2), (2, 5, 3, 37),      # large C; rectangular with a tail of the 8 lanes
+    (3, 2, 17), (33, 4),
+]
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 5), (3, 4, 9)])
-@pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_matches_reference(rng, dtype, shape, training):
+
+def _bn_both(rng, shape, dtype, training, momentum=0.1, eps=1e-5):
+    """Forward and backward of the compiled kernel and of the reference; asserts they agree."""
     x, gamma, beta, rm, rv = _bn_inputs(rng, shape, dtype)
     rm_k, rv_k, rm_r, rv_r = rm.copy(), rv.copy(), rm.copy(), rv.copy()
-    y_k, xh_k, s_k = K.batch_norm(x, gamma, beta, rm_k, rv_k, training, 0.1, 1e-5)
-    y_r, xh_r, s_r = R.batch_norm(x, gamma, beta, rm_r, rv_r, training, 0.1, 1e-5)
-    for a, b in ((y_k, y_r), (xh_k, xh_r), (s_k, s_r), (rm_k, rm_r), (rv_k, rv_r)):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, **TOL[dtype])
+    y_k, mu_k, s_k = F.batch_norm(x, gamma, beta, rm_k, rv_k, training, momentum, eps)
+    y_r, mu_r, s_r = R.batch_norm(x, gamma, beta, rm_r, rv_r, training, momentum, eps)
+    for name, a, b in (("y", y_k, y_r), ("mean", mu_k, mu_r), ("inv_std", s_k, s_r),
+                       ("running_mean", rm_k, rm_r), ("running_var", rv_k, rv_r)):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=name)
     g = rng.standard_normal(shape).astype(dtype)
-    out_k = K.batch_norm_backward(g, xh_k, s_k, gamma, training)
-    out_r = R.batch_norm_backward(g, xh_r, s_r, gamma, training)
-    for a, b in zip(out_k, out_r):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, **TOL[dtype])
+    out_k = F.batch_norm_backward(g, x, mu_k, s_k, gamma, training)
+    out_r = R.batch_norm_backward(g, x, mu_r, s_r, gamma, training)
+    for name, a, b in zip(("grad_x", "grad_gamma", "grad_beta"), out_k, out_r):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=TOL[dtype]["rtol"],
+                                   atol=TOL[dtype]["atol"] * scale, err_msg=name)
+    return x, gamma, beta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_reference(rng, dtype, shape, training):
+    _bn_both(rng, shape, dtype, training)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_large_mean_small_spread(rng, dtype):
+    # mean/std = 1e4: the shifted one-pass variance keeps its digits (E[x^2] - E[x]^2 would
+    # lose eight of them)
+    x = (1e4 + rng.standard_normal((8, 3, 6, 5))).astype(dtype)
+    ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
+    _, _, s = F.batch_norm(x, ones, zeros, None, None, True)
+    var = x.astype(np.float64).var(axis=(0, 2, 3))
+    np.testing.assert_allclose(s, 1 / np.sqrt(var + 1e-5), rtol=1e-6 if dtype == np.float32
+                               else 1e-12)
 
 
 def test_batch_norm_statistics_from_definition(rng):
     x, gamma, beta, rm, rv = _bn_inputs(rng, (6, 2, 3, 3), np.float64)
     rm0, rv0 = rm.copy(), rv.copy()
-    y, _, _ = K.batch_norm(x, gamma, beta, rm, rv, True, 0.2, 1e-3)
+    y, mean, inv_std = F.batch_norm(x, gamma, beta, rm, rv, True, 0.2, 1e-3)
     for c in range(2):
         v = x[:, c].ravel()
         mu, var = v.mean(), v.var()
         expected = gamma[c] * (x[:, c] - mu) / np.sqrt(var + 1e-3) + beta[c]
         np.testing.assert_allclose(y[:, c], expected, rtol=1e-12, atol=1e-12)
+        assert mean[c] == pytest.approx(mu, rel=1e-13)
+        assert inv_std[c] == pytest.approx(1 / np.sqrt(var + 1e-3), rel=1e-13)
         assert rm[c] == pytest.approx(0.8 * rm0[c] + 0.2 * mu, rel=1e-12)
         assert rv[c] == pytest.approx(0.8 * rv0[c] + 0.2 * v.var(ddof=1), rel=1e-12)
     # Per channel, the training output has mean beta and (almost) std gamma.
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), beta, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_matches_torch(rng, dtype):
+    torch = pytest.importorskip("torch")
+    x, gamma, beta, rm, rv = _bn_inputs(rng, (5, 4, 6, 7), dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    for training in (True, False):
+        rm_k, rv_k, rm_t, rv_t = (torch.from_numpy(a.copy()) for a in (rm, rv, rm, rv))
+        rm_k, rv_k = rm_k.numpy(), rv_k.numpy()
+        y, mean, inv_std = F.batch_norm(x, gamma, beta, rm_k, rv_k, training, 0.3, 1e-4)
+        gx, gg, gb = F.batch_norm_backward(g, x, mean, inv_std, gamma, training)
+        xt = torch.tensor(x, requires_grad=True)
+        gt = torch.tensor(gamma, requires_grad=True)
+        bt = torch.tensor(beta, requires_grad=True)
+        yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, gt, bt, training, 0.3, 1e-4)
+        yt.backward(torch.from_numpy(g))
+        tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+        for a, b in ((y, yt), (rm_k, rm_t), (rv_k, rv_t), (gx, xt.grad), (gg, gt.grad),
+                     (gb, bt.grad)):
+            np.testing.assert_allclose(a, b.detach().numpy(), **tol)
+
+
 def test_batch_norm_needs_two_values_per_channel(rng):
     x = rng.standard_normal((1, 3)).astype(np.float32)
     z = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        K.batch_norm(x, z + 1, z, z.copy(), z + 1, True)
+        F.batch_norm(x, z + 1, z, z.copy(), z + 1, True)
+    # eval mode needs no batch statistics
+    y, _, _ = F.batch_norm(x, z + 1, z, z.copy(), z + 1, False)
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_batch_norm_bad_inputs(rng):
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    c3 = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"batch_norm: x must be \(N, C\)"):
+        F.batch_norm(x[0, 0], c3, c3, c3.copy(), c3.copy())
+    with pytest.raises(ValueError, match=r"batch_norm: gamma must have shape \(3,\)"):
+        F.batch_norm(x, np.ones(4, np.float32), c3, c3.copy(), c3.copy())
+    with pytest.raises(ValueError, match=r"batch_norm: running_var must have shape \(3,\)"):
+        F.batch_norm(x, c3, c3, c3.copy(), np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="batch_norm: x has dtype float32 but gamma has dtype "
+                                        "float64"):
+        F.batch_norm(x, c3.astype(np.float64), c3, c3.copy(), c3.copy())
+    with pytest.raises(TypeError, match="batch_norm: x must be float32 or float64"):
+        F.batch_norm(x.astype(np.float16), c3, c3, c3.copy(), c3.copy())
+    with pytest.raises(TypeError, match="running_mean must be a numpy array"):
+        F.batch_norm(x, c3, c3, [0.0, 0.0, 0.0], c3.copy())
+    with pytest.raises(TypeError, match="running_mean is required in eval mode"):
+        F.batch_norm(x, c3, c3, None, c3.copy(), training=False)
+    ro = c3.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="running_var must be writeable"):
+        F.batch_norm(x, c3, c3, c3.copy(), ro)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        F.batch_norm(x, c3, c3, c3.copy(), c3.copy(), eps=0)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        F.batch_norm(x, c3, c3, c3.copy(), c3.copy(), training="yes")
+    with pytest.raises(ValueError, match=r"batch_norm_backward: grad_out must have shape "
+                                         r"\(2, 3, 4\), got \(2, 3, 5\)"):
+        F.batch_norm_backward(np.ones((2, 3, 5), np.float32), x, c3, c3, c3)
+    with pytest.raises(ValueError, match=r"batch_norm_backward: inv_std must have shape"):
+        F.batch_norm_backward(x, x, c3, c3[:2], c3)
+    with pytest.raises(TypeError, match="batch_norm_backward: mean is required"):
+        F.batch_norm_backward(x, x, None, c3, c3)
+    # without running statistics nothing is tracked; ints are cast
+    y, _, _ = F.batch_norm(x, [1, 1, 1], [0, 0, 0], None, None)
+    assert y.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_bit_identical_across_threads(rng, dtype, training):
+    x, gamma, beta, rm, rv = _bn_inputs(rng, (5, 7, 9, 11), dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    outs = []
+    for t in (1, 2, 3):
+        rm_t, rv_t = rm.copy(), rv.copy()
+        y, mean, inv_std = F.batch_norm(x, gamma, beta, rm_t, rv_t, training, n_threads=t)
+        grads = F.batch_norm_backward(g, x, mean, inv_std, gamma, training, n_threads=t)
+        outs.append((y, mean, inv_std, rm_t, rv_t) + grads)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_gradients_numerically(rng, training):
-    x, gamma, beta, rm, rv = _bn_inputs(rng, (3, 2, 3, 2), np.float64)
+@pytest.mark.parametrize("shape", [(3, 2, 3, 2), (4, 3), (2, 2, 3)])
+def test_batch_norm_gradients_numerically(rng, training, shape):
+    x, gamma, beta, rm, rv = _bn_inputs(rng, shape, np.float64)
     w = rng.standard_normal(x.shape)
 
     def fwd(x_, gamma_=gamma, beta_=beta):
-        return K.batch_norm(x_, gamma_, beta_, rm.copy(), rv.copy(), training)[0]
+        return F.batch_norm(x_, gamma_, beta_, rm.copy(), rv.copy(), training)[0]
 
-    _, xh, s = K.batch_norm(x, gamma, beta, rm.copy(), rv.copy(), training)
-    gx, gg, gb = K.batch_norm_backward(w, xh, s, gamma, training)
+    _, mean, s = F.batch_norm(x, gamma, beta, rm.copy(), rv.copy(), training)
+    gx, gg, gb = F.batch_norm_backward(w, x, mean, s, gamma, training)
     check_gradient(fwd, [x], 0, gx, w, rtol=1e-6, atol=1e-7, name="bn grad_x")
     check_gradient(lambda g_: fwd(x, g_), [gamma], 0, gg, w, name="bn grad_gamma")
     check_gradient(lambda b_: fwd(x, gamma, b_), [beta], 0, gb, w, name="bn grad_beta")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_relu(rng, dtype):
+    a = rng.standard_normal((3, 4, 5, 7)).astype(dtype)
+    b = rng.standard_normal(a.shape).astype(dtype)
+    want = R.add_relu(a, b)
+    np.testing.assert_array_equal(F.add_relu(a, b), want)
+    for n in (1, 2, 3):
+        out = a.copy()
+        assert F.add_relu(out, b, out=out, n_threads=n) is out   # in place
+        np.testing.assert_array_equal(out, want)
+    nan = F.add_relu(np.array([np.nan, -1.0, 2.0], dtype), np.zeros(3, dtype))
+    assert np.isnan(nan[0]) and nan[1] == 0 and nan[2] == 2
+    with pytest.raises(ValueError, match=r"add_relu: b must have shape \(3, 4, 5, 7\)"):
+        F.add_relu(a, b[:, :2])
+    with pytest.raises(ValueError, match="add_relu: out must be a writeable"):
+        F.add_relu(a, b, out=np.empty(a.shape, np.float16))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

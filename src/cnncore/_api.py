@@ -10,9 +10,10 @@ KERNELS = (
     "linear", "linear_backward", "softmax", "softmax_cross_entropy", "mse_loss",
 )
 
-# Normalisation and dropout: vectorised NumPy for now (cnncore._norm_kernels), with their
+# Normalisation, dropout and the fused residual epilogue (functional.norm: batch norm and
+# add_relu compiled, LRN and dropout vectorised NumPy in cnncore._norm_kernels), with their
 # twins in cnncore._norm_reference; exported by functional and reference alike.
 NORM_KERNELS = (
     "batch_norm", "batch_norm_backward", "local_response_norm",
-    "local_response_norm_backward", "dropout", "dropout_backward",
+    "local_response_norm_backward", "dropout", "dropout_backward", "add_relu",
 )

@@ -1,5 +1,6 @@
-"""Vectorised NumPy kernels of the normalisation layers: batch normalisation, local response
-normalisation (AlexNet's LRN, PyTorch's formula) and dropout, forward and backward.
+"""Vectorised NumPy kernels of local response normalisation (AlexNet's LRN, PyTorch's
+formula) and dropout, forward and backward (batch normalisation is compiled:
+:mod:`cnncore._kernels.norm`, called through :mod:`cnncore.functional.norm`).
 
 :mod:`cnncore._norm_reference` holds obviously-correct twins with the same signatures; the
 tests compare the two. Arrays are ``(N, C, *spatial)``; the output dtype is the input dtype.
@@ -7,80 +8,8 @@ tests compare the two. Arrays are ``(N, C, *spatial)``; the output dtype is the 
 
 import numpy as np
 
-__all__ = ["batch_norm", "batch_norm_backward", "local_response_norm",
-           "local_response_norm_backward", "dropout", "dropout_backward"]
-
-
-def _channel_view(v, ndim):
-    """``(C,)`` -> ``(1, C, 1, ...)`` broadcastable against an ``ndim``-D activation."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def batch_norm(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1,
-               eps=1e-5):
-    """Batch normalisation over every axis but the channel axis 1.
-
-    In training mode the batch statistics normalise ``x`` and ``running_mean`` /
-    ``running_var`` are updated in place:
-    ``running = (1 - momentum) * running + momentum * batch`` (the variance unbiased, as in
-    PyTorch). In eval mode the running statistics normalise ``x``.
-
-    Returns
-    -------
-    y : ndarray
-        ``gamma * x_hat + beta``.
-    x_hat : ndarray
-        The normalised input (needed by :func:`batch_norm_backward`).
-    inv_std : ndarray ``(C,)``
-        ``1 / sqrt(var + eps)`` of the statistics used.
-    """
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected an input (N, C, ...), got shape {x.shape}")
-    axes = (0,) + tuple(range(2, x.ndim))
-    if training:
-        m = x.size // x.shape[1]
-        if m < 2:
-            raise ValueError(f"batch_norm: training needs more than 1 value per channel, got "
-                             f"input shape {x.shape}")
-        mean = x.mean(axis=axes)
-        centred = x - _channel_view(mean, x.ndim)
-        var = np.mean(np.square(centred), axis=axes)
-        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-        x_hat = np.multiply(centred, _channel_view(inv_std, x.ndim), out=centred)
-        running_mean *= 1.0 - momentum
-        running_mean += momentum * mean
-        running_var *= 1.0 - momentum
-        running_var += (momentum * m / (m - 1)) * var
-    else:
-        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
-        x_hat = (x - _channel_view(running_mean, x.ndim)) * _channel_view(inv_std, x.ndim)
-    y = x_hat * _channel_view(gamma, x.ndim)
-    y += _channel_view(beta, x.ndim)
-    return y.astype(x.dtype, copy=False), x_hat.astype(x.dtype, copy=False), inv_std
-
-
-def batch_norm_backward(grad_out, x_hat, inv_std, gamma, training=True):
-    """Gradients of :func:`batch_norm`: returns ``(grad_x, grad_gamma, grad_beta)``.
-
-    Training mode (batch statistics depend on ``x``), with ``M`` values per channel:
-    ``grad_x = gamma * inv_std / M * (M * g - sum(g) - x_hat * sum(g * x_hat))``.
-    Eval mode: ``grad_x = g * gamma * inv_std``.
-    """
-    nd = grad_out.ndim
-    axes = (0,) + tuple(range(2, nd))
-    grad_beta = grad_out.sum(axis=axes)
-    grad_gamma = np.sum(grad_out * x_hat, axis=axes)
-    scale = _channel_view(gamma * inv_std, nd)
-    if training:
-        m = grad_out.size // grad_out.shape[1]
-        gx = x_hat * _channel_view(grad_gamma / m, nd)
-        gx += _channel_view(grad_beta / m, nd)
-        np.subtract(grad_out, gx, out=gx)
-        gx *= scale
-    else:
-        gx = grad_out * scale
-    dt = grad_out.dtype
-    return gx.astype(dt, copy=False), grad_gamma.astype(dt, copy=False), grad_beta.astype(dt, copy=False)
+__all__ = ["local_response_norm", "local_response_norm_backward", "dropout",
+           "dropout_backward"]
 
 
 def _window_sum(a, before, after):

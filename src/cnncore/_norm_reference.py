@@ -1,17 +1,18 @@
-"""Obviously-correct twins of :mod:`cnncore._norm_kernels` (same names and signatures):
-explicit loops over channels, formulas written from the definitions. Slow; for tests."""
+"""Obviously-correct twins of the normalisation kernels of :mod:`cnncore.functional.norm`
+(same names and signatures): explicit loops over channels, formulas written from the
+definitions, in float64. Slow; for tests."""
 
 import numpy as np
 
 __all__ = ["batch_norm", "batch_norm_backward", "local_response_norm",
-           "local_response_norm_backward", "dropout", "dropout_backward"]
+           "local_response_norm_backward", "dropout", "dropout_backward", "add_relu"]
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1,
-               eps=1e-5):
+               eps=1e-5, n_threads=None):
     n_ch = x.shape[1]
     y = np.empty_like(x)
-    x_hat = np.empty_like(x)
+    mean = np.empty(n_ch, dtype=x.dtype)
     inv_std = np.empty(n_ch, dtype=x.dtype)
     for c in range(n_ch):
         v = x[:, c].astype(np.float64)
@@ -20,26 +21,28 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training=True, momentu
             mu = values.sum() / values.size
             var = ((values - mu) ** 2).sum() / values.size
             unbiased = ((values - mu) ** 2).sum() / (values.size - 1)
-            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mu
-            running_var[c] = (1 - momentum) * running_var[c] + momentum * unbiased
+            if running_mean is not None:
+                running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mu
+            if running_var is not None:
+                running_var[c] = (1 - momentum) * running_var[c] + momentum * unbiased
         else:
             mu = float(running_mean[c])
             var = float(running_var[c])
         s = 1.0 / np.sqrt(var + eps)
+        mean[c] = mu
         inv_std[c] = s
-        x_hat[:, c] = (v - mu) * s
         y[:, c] = gamma[c] * (v - mu) * s + beta[c]
-    return y, x_hat, inv_std
+    return y, mean, inv_std
 
 
-def batch_norm_backward(grad_out, x_hat, inv_std, gamma, training=True):
+def batch_norm_backward(grad_out, x, mean, inv_std, gamma, training=True, n_threads=None):
     n_ch = grad_out.shape[1]
     gx = np.empty_like(grad_out)
     g_gamma = np.empty(n_ch, dtype=grad_out.dtype)
     g_beta = np.empty(n_ch, dtype=grad_out.dtype)
     for c in range(n_ch):
         g = grad_out[:, c].astype(np.float64)
-        xh = x_hat[:, c].astype(np.float64)
+        xh = (x[:, c].astype(np.float64) - float(mean[c])) * float(inv_std[c])
         g_beta[c] = g.sum()
         g_gamma[c] = (g * xh).sum()
         # dL/dx_hat, then the chain rule through mean and variance of the batch.
@@ -51,6 +54,14 @@ def batch_norm_backward(grad_out, x_hat, inv_std, gamma, training=True):
         else:
             gx[:, c] = g_xhat * float(inv_std[c])
     return gx, g_gamma, g_beta
+
+
+def add_relu(a, b, out=None, n_threads=None):
+    y = np.maximum(np.asarray(a) + np.asarray(b), 0)
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def _window(c, size, n_ch):

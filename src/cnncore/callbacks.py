@@ -7,6 +7,9 @@ A callback overrides any of ``on_train_begin(trainer)``, ``on_epoch_begin(traine
 incremented when ``on_epoch_end`` runs); ``logs`` is a dict of floats (``loss``,
 ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``images_per_sec``).
 Setting ``trainer.stop_training = True`` ends ``fit`` after the current epoch.
+
+A callback whose ``rank_zero_only`` attribute is True (checkpoints, loggers) runs only on
+rank 0 of a distributed Trainer; the others run on every rank (with the same logs).
 """
 
 import csv
@@ -24,6 +27,9 @@ __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger
 
 class Callback:
     """Base class; every hook does nothing."""
+
+    #: Run only on rank 0 of a distributed Trainer (set True for side effects: files).
+    rank_zero_only = False
 
     def on_train_begin(self, trainer):
         pass
@@ -216,6 +222,8 @@ class ModelCheckpoint(Callback):
         The file written last.
     """
 
+    rank_zero_only = True
+
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
                  save_optimizer=True, verbose=0):
         self.path = os.fspath(path)
@@ -250,6 +258,8 @@ class ModelCheckpoint(Callback):
 
 
 class _FileLogger(Callback):
+    rank_zero_only = True
+
     def __init__(self, path, append=False):
         self.path = os.fspath(path)
         self.append = bool(append)

@@ -22,6 +22,10 @@ What the mapping does:
 * values may be NumPy arrays, anything :func:`numpy.asarray` accepts, or torch tensors
   (converted with ``.detach().cpu().numpy()``, without importing torch here); they are cast
   to the model's dtype.
+
+The other way, :func:`to_torch` (in :mod:`cnncore.interop_torch`) builds an equivalent
+``torch.nn.Module`` of any cnncore model, with its weights copied (torch is imported only
+inside that function).
 """
 
 import os
@@ -29,7 +33,10 @@ import re
 
 import numpy as np
 
-__all__ = ["load_torch_state_dict", "torch_state_dict", "normalize_torch_names"]
+from .interop_torch import register_torch_converter, to_torch
+
+__all__ = ["load_torch_state_dict", "torch_state_dict", "normalize_torch_names", "to_torch",
+           "register_torch_converter"]
 
 _DENSENET_OLD = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")

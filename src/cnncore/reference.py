@@ -17,8 +17,8 @@ from scipy.special import expit
 from ._api import KERNELS, NORM_KERNELS
 from ._args import conv1d_as_2d, conv_padding, out_size, pair, pool_geometry
 from ._norm_reference import (  # noqa: F401  (re-exported)
-    batch_norm, batch_norm_backward, dropout, dropout_backward, local_response_norm,
-    local_response_norm_backward)
+    add_relu, batch_norm, batch_norm_backward, dropout, dropout_backward,
+    local_response_norm, local_response_norm_backward)
 
 __all__ = list(KERNELS + NORM_KERNELS)
 

@@ -7,6 +7,11 @@ array of the other precision is converted batch by batch; integer images are ref
 Determinism: with the same initial weights, the same ``seed`` and the same thread count a
 run gives bit-identical weights; a run resumed from a checkpoint (``save_checkpoint`` /
 ``from_checkpoint``) continues exactly as if it had not stopped.
+
+Data parallelism: ``Trainer(..., distributed="mpi")`` under ``mpiexec -n R`` (see
+:mod:`cnncore.distributed`): every rank calls ``fit`` / ``evaluate`` / ``predict`` with the
+same arrays, computes its contiguous slice of each global batch and sums the gradients
+over the ranks (in rank order) before each step; rank 0 alone prints, logs and saves.
 """
 
 import contextlib
@@ -114,6 +119,17 @@ class Trainer:
         returned to the operating system and faulted in again), inside the one given (e.g.
         ``cnncore.memory_pool(max_bytes=...)``), or with NumPy's own allocator (False).
         Results are the same either way.
+    distributed : None, "mpi" or an mpi4py communicator
+        Data-parallel training over the ranks of ``MPI.COMM_WORLD`` ("mpi") or of the
+        communicator given (needs ``pip install "cnncore[mpi]"``). ``batch_size`` is then
+        the global batch; rank 0's weights, optimiser and trainer state are broadcast at the
+        start of ``fit``; ``evaluate`` and ``predict`` shard the data; only rank 0 shows
+        progress, prints, runs ``rank_zero_only`` callbacks (checkpoints, loggers) and
+        writes checkpoints. An uncaught exception on one rank aborts every rank.
+    sync_batchnorm : bool
+        With ``distributed``: BatchNorm layers normalise with the statistics of the global
+        batch (as one process would). Default False: per-rank statistics (PyTorch DDP's
+        default); running statistics are taken from rank 0 after every epoch.
 
     Attributes
     ----------
@@ -125,7 +141,8 @@ class Trainer:
         Set by a callback to end ``fit`` after the current epoch.
     """
 
-    def __init__(self, model, loss, optimizer, seed=None, memory_pool=True):
+    def __init__(self, model, loss, optimizer, seed=None, memory_pool=True, distributed=None,
+                 sync_batchnorm=False):
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a cnncore.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -140,6 +157,26 @@ class Trainer:
         self.global_step = 0
         self.stop_training = False
         self._rng = np.random.default_rng(seed)
+        self._dist = None
+        if distributed is not None:
+            from .distributed import DistributedContext
+            if isinstance(distributed, DistributedContext):  # bucket size, overlap
+                self._dist = distributed
+                distributed.sync_batchnorm |= bool(sync_batchnorm)
+            else:
+                self._dist = DistributedContext(distributed, sync_batchnorm=sync_batchnorm)
+        elif sync_batchnorm:
+            raise ValueError("Trainer: sync_batchnorm=True needs distributed=...")
+
+    @property
+    def rank(self):
+        """This process's rank (0 without ``distributed``)."""
+        return 0 if self._dist is None else self._dist.rank
+
+    @property
+    def world_size(self):
+        """Number of ranks (1 without ``distributed``)."""
+        return 1 if self._dist is None else self._dist.size
 
     # ------------------------------------------------------------------ data checks
     def _check(self, x, y, where):
@@ -204,7 +241,12 @@ class Trainer:
         TrainingDiverged
             When the loss becomes NaN or infinite (message names epoch and batch).
         """
-        with self._allocator():
+        dist = self._dist
+        if dist is not None and dist.rank != 0:
+            verbose = 0
+            callbacks = [cb for cb in callbacks or [] if not getattr(cb, "rank_zero_only", False)]
+        session = contextlib.nullcontext() if dist is None else dist.fit_session(self)
+        with self._allocator(), session:
             return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed,
                              callbacks, verbose, transform)
 
@@ -236,6 +278,13 @@ class Trainer:
             self._rng = np.random.default_rng(seed)
         n = len(x)
         n_batches = -(-n // batch_size)
+        dist = self._dist
+        where = "" if dist is None else f" on rank {dist.rank}"
+        if dist is not None and dist.sync_batchnorm and n - (n_batches - 1) * batch_size \
+                < dist.size:
+            raise ValueError(f"Trainer.fit: sync_batchnorm needs every global batch to have "
+                             f"at least one sample per rank ({dist.size}); batch_size="
+                             f"{batch_size} on {n} samples leaves a smaller last batch")
         history = History()
         params = self.model.parameters()
         self.stop_training = False
@@ -255,27 +304,40 @@ class Trainer:
                 for b in range(n_batches):
                     sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
                     idx = order[sl] if shuffle else sl
-                    xb, yb = self._batch(x, idx), y[idx]
-                    if transform is not None:
-                        xb = transform(xb, self._rng)
+                    m = sl.stop - sl.start  # the global batch
+                    lo, hi = (0, m) if dist is None else dist.bounds(m)  # this rank's part
+                    if transform is not None:  # on the global batch: same result as 1 rank
+                        xb = transform(self._batch(x, idx), self._rng)[lo:hi]
+                    else:
+                        xb = self._batch(x, order[sl][lo:hi] if shuffle else
+                                         slice(sl.start + lo, sl.start + hi))
+                    yb = y[idx][lo:hi]
                     for cb in callbacks:
                         cb.on_batch_begin(self, b)
                     for p in params:
                         p.grad.fill(0)
-                    out = self.model.forward(xb)
-                    loss = self.loss.forward(out, yb)
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"loss is {loss} at epoch {epoch + 1}, batch {b + 1}/{n_batches} "
-                            f"(step {self.global_step + 1}); lower the learning rate or check "
-                            "the inputs for NaN/Inf")
-                    # the inputs need no gradient: the first layer may skip it
-                    self.model.backward_params(self.loss.backward())
+                    loss, correct = 0.0, 0
+                    if hi > lo:
+                        out = self.model.forward(xb)
+                        loss = self.loss.forward(out, yb)
+                        if not math.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"loss is {loss} at epoch {epoch + 1}, batch {b + 1}/{n_batches}"
+                                f" (step {self.global_step + 1}){where}; lower the learning "
+                                "rate or check the inputs for NaN/Inf")
+                        grad = self.loss.backward()
+                        if hi - lo != m:  # d(global mean loss) = (local share) d(local mean)
+                            grad = grad * ((hi - lo) / m)
+                        # the inputs need no gradient: the first layer may skip it
+                        self.model.backward_params(grad)
+                        correct = self.loss.correct(out, yb) if has_acc else None
+                    if dist is not None:
+                        loss_sum, correct, _ = dist.reduce_step(
+                            loss * (hi - lo), -1 if correct is None else correct, hi - lo)
+                        loss, correct = loss_sum / m, None if correct < 0 else int(correct)
                     self.optimizer.step()
                     self.global_step += 1
-                    m = len(xb)
                     total_loss += loss * m
-                    correct = self.loss.correct(out, yb) if has_acc else None
                     if correct is None:
                         has_acc = False
                     else:
@@ -288,6 +350,8 @@ class Trainer:
                             cb.on_batch_end(self, b, blogs)
             finally:
                 progress.close()
+            if dist is not None:
+                dist.end_epoch(self)  # rank 0's BatchNorm statistics, stop_training
             train_time = time.perf_counter() - t0
             logs = {"loss": total_loss / n, "accuracy": total_correct / n if has_acc else None}
             if validation_data is not None:
@@ -320,18 +384,23 @@ class Trainer:
     # ------------------------------------------------------------------ inference
     def evaluate(self, x, y, batch_size=256):
         """Mean loss and accuracy (None if not a classification target) over ``(x, y)``,
-        in eval mode. Returns ``{"loss": float, "accuracy": float or None}``."""
+        in eval mode. Returns ``{"loss": float, "accuracy": float or None}``. Distributed:
+        each rank evaluates its contiguous share of ``x`` and the sums are reduced."""
         with self._allocator():
             return self._evaluate(x, y, batch_size)
 
     def _evaluate(self, x, y, batch_size):
         x, y = self._check(x, y, "evaluate")
+        dist = self._dist
+        lo, hi = (0, len(x)) if dist is None else dist.bounds(len(x))
+        if dist is not None:
+            dist.broadcast_buffers(self.model)
         was_training = self.model.training
         self.model.eval()
         total_loss, total_correct, has_acc = 0.0, 0, True
         try:
-            for start in range(0, len(x), batch_size):
-                sl = slice(start, start + batch_size)
+            for start in range(lo, hi, batch_size):
+                sl = slice(start, min(hi, start + batch_size))
                 xb, yb = self._batch(x, sl), y[sl]
                 out = self.model.forward(xb)
                 total_loss += self.loss.forward(out, yb) * len(xb)
@@ -342,18 +411,28 @@ class Trainer:
                     total_correct += correct
         finally:
             self.model.train(was_training)
+        if dist is not None:
+            total_loss, total_correct = dist.sum_scalars(total_loss,
+                                                         total_correct if has_acc else -1)
+            has_acc = total_correct >= 0
         n = len(x)
         return {"loss": total_loss / n, "accuracy": total_correct / n if has_acc else None}
 
     def predict(self, x, batch_size=256):
         """Model outputs for ``x`` in eval mode (e.g. logits; ``argmax(axis=1)`` for
-        classes)."""
+        classes). Distributed: each rank predicts its share; every rank gets all rows."""
         x, _ = self._check(x, None, "predict")
+        dist = self._dist
+        if dist is not None:
+            dist.broadcast_buffers(self.model)
+            lo, hi = dist.bounds(len(x))
+            x = x[lo:hi]
         dtype = self.model.dtype
         if dtype is not None and x.dtype != dtype:
             x = x.astype(dtype)
         with self._allocator():
-            return self.model.predict(x, batch_size=batch_size)
+            out = self.model.predict(x, batch_size=batch_size) if len(x) else None
+        return out if dist is None else dist.gather_rows(out)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
@@ -367,7 +446,10 @@ class Trainer:
         self._rng = generator_from_state(state["shuffle_rng"])
 
     def save_checkpoint(self, path):
-        """Write model, optimiser state and trainer state to ``path`` (atomically)."""
+        """Write model, optimiser state and trainer state to ``path`` (atomically).
+        Distributed: only rank 0 writes (the other ranks return at once)."""
+        if self.rank != 0:
+            return
         serialization.save(path, self.model, optimizer=self.optimizer,
                            trainer_state=self.state_dict())
 
@@ -385,9 +467,11 @@ class Trainer:
         return self
 
     @classmethod
-    def from_checkpoint(cls, path, loss=None):
+    def from_checkpoint(cls, path, loss=None, distributed=None, sync_batchnorm=False):
         """Rebuild model, optimiser (from its saved config and state), loss and counters from
-        a file written by :meth:`save_checkpoint`; ``fit`` then continues the run exactly."""
+        a file written by :meth:`save_checkpoint`; ``fit`` then continues the run exactly.
+        Distributed: every rank reads the file (``distributed`` and ``sync_batchnorm`` as
+        in :class:`Trainer`)."""
         ck = serialization.load_checkpoint(path)
         if ck.optimizer_state is None or ck.trainer_state is None:
             raise ValueError(f"{path}: a model file, not a training checkpoint (no optimiser "
@@ -400,6 +484,7 @@ class Trainer:
                 loss = loss_from_config(ck.trainer_state["loss"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: invalid optimiser or trainer state ({e})") from e
-        trainer = cls(model, loss, optimizer)
+        trainer = cls(model, loss, optimizer, distributed=distributed,
+                      sync_batchnorm=sync_batchnorm)
         trainer.load_state_dict(ck.trainer_state)
         return trainer

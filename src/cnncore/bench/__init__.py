@@ -5,10 +5,13 @@ can be imported, PyTorch CPU, in one process at one thread count: every convolut
 pooling shape of the standard set forward and backward, and a LeNet-5 training step.
 Reports medians, ratios, GFLOP/s (GB/s for pools) and the share of this machine's peak,
 and the peak memory of the LeNet-5 step (one fresh process per implementation).
+``--ops models`` (only when asked) times whole zoo networks, inference and a training
+step, against their :func:`cnncore.interop.to_torch` twins.
 
 Modules: :mod:`.shapes` (problems and FLOP/byte counts), :mod:`.timing`, :mod:`.peak`
 (cpuinfo parser, gemm and theoretical peaks), :mod:`.backends` (the timed callables),
-:mod:`.lenet`, :mod:`.memory`, :mod:`.report` (text output), :mod:`.runner`; ``__main__``
+:mod:`.lenet`, :mod:`.memory`, :mod:`.models` (whole networks), :mod:`.report` (text
+output), :mod:`.runner`; ``__main__``
 is the CLI.
 PyTorch is imported lazily and only if installed: it is never a dependency.
 """

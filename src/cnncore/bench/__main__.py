@@ -13,7 +13,11 @@ import numpy as np
 from .runner import Settings, run
 from .shapes import CONV_SHAPES, LENET_BATCHES, POOL_SHAPES, scaled, select
 
-OPS = ("conv", "pool", "lenet", "memory")
+from . import models as _models
+
+#: Every op; ``models`` (whole zoo networks) is slow and runs only when asked for.
+OPS = ("conv", "pool", "lenet", "memory", "models")
+DEFAULT_OPS = ("conv", "pool", "lenet", "memory")
 
 
 def _cpu_count():
@@ -34,7 +38,9 @@ def build_parser():
             "(cnncore.reference) and PyTorch CPU when it is installed, at the same "
             "thread count, and relate the speed to this machine's peak; measure the "
             "peak memory of the LeNet-5 step (ops 'memory': one fresh process per "
-            "implementation and batch).", 79),
+            "implementation and batch). '--ops models' (not in the default set: it "
+            "takes long) times whole zoo networks, inference and a training step, "
+            "against their cnncore.interop.to_torch twins.", 79),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="ratios:\n  /torch = cnncore time / torch time (< 1 means cnncore is faster)\n"
                "  xnumpy = reference time / cnncore time (the speed-up over NumPy)\n"
@@ -46,8 +52,18 @@ def build_parser():
                    help="threads for every implementation (cnncore n_threads, "
                         "torch.set_num_threads, NumPy BLAS via threadpoolctl); "
                         f"default: all usable cores ({_cpu_count()})")
-    p.add_argument("--ops", default=",".join(OPS),
-                   help="comma-separated subset of %(default)s")
+    p.add_argument("--ops", default=",".join(DEFAULT_OPS),
+                   help=f"comma-separated subset of {','.join(OPS)} (default %(default)s; "
+                        "'models', whole networks, is slow: --quick keeps it to about two "
+                        "minutes)")
+    p.add_argument("--models", default="", metavar="NAMES",
+                   help="with --ops models: comma-separated networks to run (ids, or a model "
+                        "name for all its variants: 'resnet18' = resnet18 and resnet18-cifar); "
+                        "default: all (--quick: lenet5, resnet18-cifar, resnet18 batch 1, "
+                        "vgg11-cifar). Ids: " + ", ".join(n.id for n in _models.NETWORKS))
+    p.add_argument("--models-memory", action="store_true",
+                   help="with --ops models: also measure each case's peak memory in a fresh "
+                        "process per implementation (slower; the table then shows it)")
     p.add_argument("--shapes", default="",
                    help="comma-separated shape names to keep (default: all)")
     p.add_argument("--repeats", type=int, default=None,
@@ -105,6 +121,13 @@ def settings_from_args(args, parser=None):
     bad = [o for o in ops if o not in OPS]
     if bad or not ops:
         fail(f"--ops: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(OPS)}")
+    model_names = tuple(n.strip() for n in args.models.split(",") if n.strip())
+    try:
+        _models.select_networks(model_names)
+    except ValueError as exc:
+        fail(str(exc))
+    if (model_names or args.models_memory) and "models" not in ops:
+        fail("--models and --models-memory need --ops models")
     names = {n.strip() for n in args.shapes.split(",") if n.strip()}
     unknown = names - {s.name for s in CONV_SHAPES + POOL_SHAPES}
     if unknown:
@@ -116,13 +139,14 @@ def settings_from_args(args, parser=None):
         batches, memory_steps = (8,), 1
         note = ("SMOKE mode (for tests, numbers are not meaningful): conv/pool batches "
                 "divided by 32, 1 repeat, no warm-up, LeNet batch 8 only, 512^2 gemm, "
-                "1 memory step")
+                "1 memory step; models: LeNet-5 and a width-8 ResNet-18 CIFAR, tiny batches")
     elif args.quick:
         mode, repeats, warmup, ref_repeats, gemm_n, div = "quick", 3, 1, 1, 2048, 4
         memory_steps = 2
         note = ("QUICK mode: conv/pool batches divided by 4 (so the shapes differ from "
                 "the standard set), 3 repeats, 1 reference repeat, 2048^2 gemm peak, "
-                "2 memory steps")
+                "2 memory steps; models: LeNet-5, ResNet-18 CIFAR, ResNet-18 batch 1, "
+                "VGG-11 CIFAR (with --models: training batch 8 for ImageNet sizes)")
     else:
         mode, repeats, warmup, ref_repeats, gemm_n, div = "full", 10, 2, None, 4096, 1
         memory_steps = 5
@@ -151,7 +175,10 @@ def settings_from_args(args, parser=None):
         use_reference=not args.no_reference, torch_backward=args.torch_backward,
         scaling=bool(scaling), scaling_repeats=max(1, min(3, repeats)), gemm_n=gemm_n,
         mode=mode, mode_note=note, seed=args.seed, settle=0.0 if mode == "smoke" else 0.25,
-        memory_pool=not args.no_memory_pool)
+        memory_pool=not args.no_memory_pool, models=model_names,
+        models_memory=args.models_memory,
+        models_budget={"smoke": 0.0, "quick": 10.0, "full": 60.0}[mode],
+        models_min_repeats=1 if mode == "smoke" else 3)
 
 
 def _jsonable(obj):
@@ -172,7 +199,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = settings_from_args(args, parser)
     if args.shapes and not (settings.conv_shapes or settings.pool_shapes) \
-            and not {"lenet", "memory"} & set(settings.ops):
+            and not {"lenet", "memory", "models"} & set(settings.ops):
         parser.error("--shapes and --ops leave nothing to run")
     results = run(settings, emit=lambda line: print(line, flush=True))
     if args.json:

@@ -6,7 +6,7 @@ import math
 BUSY = 0.10
 
 __all__ = ["fmt_ms", "fmt_num", "fmt_ratio", "Table", "OP_TABLE", "LENET_TABLE",
-           "MEMORY_TABLE", "header_lines", "summary_lines"]
+           "MEMORY_TABLE", "MODELS_TABLE", "header_lines", "summary_lines", "models_row"]
 
 
 def fmt_ms(seconds):
@@ -162,6 +162,47 @@ def memory_rows(row):
     return lines
 
 
+MODELS_TABLE = Table([
+    ("network", 22, "<"), ("input", 9, "<"), ("pass", 5, "<"), ("batch", 5, ">"),
+    ("cnncore ms", 10, ">"), ("torch ms", 9, ">"), ("cnncore im/s", 12, ">"),
+    ("torch im/s", 10, ">"), ("/torch", 6, ">"), ("cnncore MB", 10, ">"),
+    ("torch MB", 8, ">"), ("check", 8, "<"),
+])
+
+MODELS_NOTE = (
+    "whole networks (--ops models): the zoo model and its cnncore.interop.to_torch twin "
+    "(same weights); infer = eval-mode forward (torch under inference_mode), train = one "
+    "SGD-momentum step with softmax cross-entropy (cnncore as Trainer.fit does it, in a "
+    "memory pool); ms = median; /torch = cnncore time / torch time; MB = peak RSS of all "
+    "the calls above the resident size before the first (activations, temporaries, "
+    "gradients, momentum; weights and inputs excluded; --models-memory: the same in a "
+    "fresh process per case and implementation); check = logits (train: and gradients) "
+    "compared outside the timed region")
+
+
+def models_row(row):
+    """One line of :data:`MODELS_TABLE` for a whole-network case."""
+    t = row["times"]
+    ips = row["images_per_s"]
+    mem = row.get("memory_fresh") or row["peak_mb"]
+    key = "total_mb" if row.get("memory_fresh") else None
+
+    def mb(impl):
+        v = mem.get(impl)
+        return fmt_num(v.get(key) if key and v else v, 0)
+    flag = ""
+    if (row.get("other_cpu") or 0) > BUSY:
+        flag = f" ! {100 * row['other_cpu']:.0f}% busy"
+    if row["times"]["cnncore"].get("cut"):
+        flag += f" (n={row['times']['cnncore']['n']})"
+    return MODELS_TABLE.row(
+        row["label"], "x".join(str(s) for s in row["input_shape"]), row["mode"],
+        row["batch"], fmt_ms(t["cnncore"]["median"]),
+        fmt_ms((t.get("torch") or {}).get("median")), fmt_num(ips.get("cnncore")),
+        fmt_num(ips.get("torch")), fmt_ratio(row.get("ratio_torch")), mb("cnncore"),
+        mb("torch"), row["check"]) + flag
+
+
 def header_lines(res):
     """The header: what ran, on what, against what peak."""
     s, m, cfg = res["settings"], res["machine"], res["config"]
@@ -242,6 +283,13 @@ def summary_lines(res):
         if le.get("layers"):
             line += f"; cnncore.layers {fmt_num(le['layers'], 0)} images/s"
         lines.append(line)
+    mo = sm.get("models")
+    if mo and mo.get("ratios"):
+        lines.append(f"  whole networks: {mo['rows']} rows, cnncore/torch time ratio "
+                     f"geometric mean {fmt_ratio(mo['geomean_ratio'])}, best "
+                     f"{fmt_ratio(mo['best'][0])} ({mo['best'][1]}), worst "
+                     f"{fmt_ratio(mo['worst'][0])} ({mo['worst'][1]}); "
+                     f"{mo['mismatches']} mismatch(es)")
     for me in sm.get("memory", []):
         line = (f"  LeNet-5 batch {me['batch']} peak memory: cnncore "
                 f"{fmt_num(me['cnncore_step'], 2)} MB per step "

@@ -1,5 +1,5 @@
 """Run the benchmark: machine probe, conv / pool rows, thread scaling, LeNet-5 steps and
-their peak memory.
+their peak memory, and whole zoo networks against their PyTorch twins (``models``).
 
 :func:`run` takes a :class:`Settings` and returns everything as one JSON-ready dict,
 printing the table as rows are measured.
@@ -7,13 +7,14 @@ printing the table as rows are measured.
 
 import contextlib
 import copy
+import subprocess
 import textwrap
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import backends, lenet, memory, peak, report
+from . import backends, lenet, memory, models, peak, report
 from .shapes import pool_bytes, shape_flops
 from .timing import time_call
 
@@ -51,12 +52,23 @@ class Settings:
     seed: int = 0
     settle: float = 0.25
     memory_pool: bool = True
+    models: tuple = ()
+    models_memory: bool = False
+    models_budget: float = 60.0
+    models_min_repeats: int = 3
 
     def as_dict(self):
         d = asdict(self)
+        d["models_cases"] = [c.name for c in self.model_cases()]
         d["conv_shapes"] = [s.as_dict() for s in self.conv_shapes]
         d["pool_shapes"] = [s.as_dict() for s in self.pool_shapes]
         return d
+
+    def model_cases(self):
+        """The whole-network cases (:func:`cnncore.bench.models.plan`) of this run."""
+        if "models" not in self.ops:
+            return []
+        return models.plan(self.mode, list(self.models) or None)
 
 
 def _pct(value, total):
@@ -251,6 +263,40 @@ class _Bench:
             for line in report.memory_rows(row):
                 self.emit(line)
 
+    # ------------------------------------------------------------------ whole networks
+    def model_rows(self, res):
+        s = self.s
+        self.emit("")
+        for line in textwrap.wrap(report.MODELS_NOTE, 100, subsequent_indent="  "):
+            self.emit(line)
+        if self.torch is None:
+            self.emit(f"  torch {res['torch_status']}: cnncore columns only, outputs not "
+                      "checked")
+        self.emit(report.MODELS_TABLE.header())
+        for case in s.model_cases():
+            self.settle()
+            row = models.run_case(
+                case, self.torch, s.threads, self.dtype.name, s.seed, warmup=s.warmup,
+                repeats=s.repeats, budget=s.models_budget, min_repeats=s.models_min_repeats,
+                memory_pool=s.memory_pool, settle=s.settle, monitor=self.monitor)
+            if s.models_memory:
+                row["memory_fresh"] = {}
+                impls = ["cnncore"] + (["torch"] if self.torch is not None else [])
+                for impl in impls:
+                    try:
+                        row["memory_fresh"][impl] = models.measure(
+                            case, impl, steps=s.memory_steps, threads=s.threads,
+                            dtype=self.dtype.name, seed=s.seed, memory_pool=s.memory_pool)
+                    except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+                        self.warnings.append(f"peak memory, {case.name}, {impl}: {exc}")
+            if row["check"] == "MISMATCH":
+                self.warnings.append(
+                    f"{case.name}: cnncore and torch outputs differ by "
+                    f"{row['rel_error']:.2e} (gradients {row.get('grad_rel_error', 0):.2e}; "
+                    f"relative to the largest, tolerance {models.TOLERANCE[self.dtype.name]:g})")
+            res["models"].append(row)
+            self.emit(report.models_row(row))
+
     # ------------------------------------------------------------------ main
     def run(self):
         from threadpoolctl import threadpool_limits
@@ -295,6 +341,7 @@ class _Bench:
         for line in report.header_lines(res):
             self.emit(line)
         res["rows"], res["lenet"], res["memory"], res["scaling"] = [], [], [], None
+        res["models"] = []
         try:
             with threadpool_limits(limits=s.threads, user_api="blas"):
                 if "conv" in s.ops and s.conv_shapes:
@@ -328,6 +375,8 @@ class _Bench:
                             self.emit(line)
                 if "memory" in s.ops and s.lenet_batches:
                     self.memory(res)
+                if "models" in s.ops:
+                    self.model_rows(res)
         finally:
             cnncore.set_num_threads(saved_threads)
         res["summary"] = summarize_results(res)
@@ -335,7 +384,8 @@ class _Bench:
         other = self.monitor.other_share(run_start, self.monitor.snapshot())
         res["other_cpu"] = other
         res["machine"]["load_average_end"] = peak.load_average()
-        busy = [f"{r['name']} {r.get('pass', '')}".strip() for r in res["rows"] + res["lenet"]
+        busy = [f"{r['name']} {r.get('pass', '')}".strip()
+                for r in res["rows"] + res["lenet"] + res["models"]
                 if (r.get("other_cpu") or 0) > BUSY]
         if other is not None and other > BUSY:
             self.warnings.append(f"other processes used {100 * other:.0f}% of the CPUs during "
@@ -386,6 +436,15 @@ def summarize_results(res):
             "cnncore_total": per["cnncore"]["total_mb"], "torch_step": t.get("step_mb"),
             "torch_total": t.get("total_mb"), "ratio_step": r["ratio_torch"].get("cnncore"),
             "ratio_total": r["ratio_torch_total"].get("cnncore")})
+    ratios = [(r["ratio_torch"], r["name"]) for r in res.get("models", [])
+              if r.get("ratio_torch")]
+    if res.get("models"):
+        m = {"rows": len(res["models"]), "ratios": len(ratios),
+             "mismatches": sum(r["check"] == "MISMATCH" for r in res["models"])}
+        if ratios:
+            m["geomean_ratio"] = float(np.exp(np.mean(np.log([r for r, _ in ratios]))))
+            m["best"], m["worst"] = min(ratios), max(ratios)
+        out["models"] = m
     return out
 
 
@@ -403,7 +462,8 @@ def run(settings, emit=print):
     dict
         ``schema``, ``settings``, ``machine``, ``config`` (``cnncore.config()``), ``peak``,
         ``torch``, ``rows`` (conv and pool, every repeat), ``lenet``, ``memory`` (peak
-        memory of the LeNet-5 step, :mod:`.memory`), ``scaling``, ``summary``,
+        memory of the LeNet-5 step, :mod:`.memory`), ``models`` (whole networks,
+        :mod:`.models`), ``scaling``, ``summary``,
         ``warnings``, ``wall_time_s``.
     """
     return _Bench(settings, emit).run()

@@ -10,6 +10,11 @@ image (``lenet5_mnist_filters.png``, ``lenet5_mnist_feature_maps.png``, via :mod
 
 The test set is evaluated after every epoch to draw the curves; it is not used to choose
 anything (no early stopping, fixed schedule).
+
+Data-parallel on MPI (``pip install "cnncore[mpi]"``):
+``mpiexec -n 2 python -m cnncore.examples.mnist --distributed [--threads T]`` trains with the
+same global batch on 2 ranks (T kernel threads each; default: the cores divided by the
+ranks on the machine); rank 0 alone prints and saves.
 """
 
 import argparse
@@ -61,7 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (2e-3)")
     p.add_argument("--threads", type=int, default=None,
-                   help="kernel threads (default: $CNNCORE_NUM_THREADS or all cores)")
+                   help="kernel threads (per rank with --distributed; default: "
+                        "$CNNCORE_NUM_THREADS or all cores, divided by the ranks per machine "
+                        "with --distributed)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the MPI ranks (run under mpiexec / srun; needs "
+                        "mpi4py); --batch-size is the global batch")
     p.add_argument("--subset", type=int, default=None,
                    help="train on the first N training images only (fast runs)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
@@ -85,24 +95,40 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    comm, rank = None, 0
+    if args.distributed:
+        from ..distributed import Communicator, default_threads, install_abort_hook
+        comm = Communicator()
+        rank = comm.rank
+        install_abort_hook(comm)
+        if args.threads is None and not os.environ.get("CNNCORE_NUM_THREADS"):
+            args.threads = default_threads(comm)
     if args.threads is not None:
         set_num_threads(args.threads)
+    say = print if rank == 0 else (lambda *a, **k: None)
     from ..datasets import load_mnist
 
+    if comm is not None and rank != 0:
+        comm.barrier()  # rank 0 fills the cache first (concurrent loads are safe, just wasteful)
     (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
+    if comm is not None and rank == 0:
+        comm.barrier()
     if args.subset is not None:
         x_train, y_train = x_train[:args.subset], y_train[:args.subset]
     x_train, x_test = prepare(x_train), prepare(x_test)
     y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
-    print(f"MNIST: {len(x_train)} training and {len(x_test)} test images; "
-          f"{get_num_threads()} threads")
+    ranks = "" if comm is None else f" on each of {comm.size} ranks"
+    say(f"MNIST: {len(x_train)} training and {len(x_test)} test images; "
+        f"{get_num_threads()} threads{ranks}")
 
     model = lenet5(seed=args.seed)
-    model.summary()
+    if rank == 0:
+        model.summary()
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     optimizer = Adam(model.parameters(), lr=args.lr)
     schedule = CosineLR(args.lr, total=args.epochs * steps_per_epoch)
-    trainer = Trainer(model, SoftmaxCrossEntropy(), optimizer, seed=args.seed)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optimizer, seed=args.seed,
+                      distributed=comm)
     background = (0.0 - MNIST_MEAN) / MNIST_STD
     transform = random_shift(args.shift, np.float32(background)) if args.shift else None
 
@@ -114,6 +140,9 @@ def main(argv=None):
     total = time.perf_counter() - start
 
     seconds = history["seconds"]
+    result = trainer.evaluate(x_test, y_test)  # every rank (sharded)
+    if rank != 0:
+        return result["accuracy"]
     print("seconds per epoch: " + ", ".join(f"{s:.1f}" for s in seconds)
           + f" (mean {np.mean(seconds):.1f} s, {np.mean(history['images_per_sec']):.0f} "
           f"training images/s; total {total:.1f} s)")
@@ -134,7 +163,6 @@ def main(argv=None):
             path = os.path.join(args.out, f"lenet5_mnist_{name}.png")
             draw(path)
             print(f"saved {name.replace('_', ' ')} to {path}")
-    result = trainer.evaluate(x_test, y_test)
     print(f"test accuracy: {result['accuracy']:.4f}")
     return result["accuracy"]
 

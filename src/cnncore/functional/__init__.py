@@ -33,7 +33,7 @@ from .activation import (leaky_relu, leaky_relu_backward, relu,  # noqa: F401
 from .conv import conv1d, conv1d_backward, conv2d, conv2d_backward  # noqa: F401
 from .dense import (linear, linear_backward, mse_loss, softmax,  # noqa: F401
                     softmax_cross_entropy)
-from .norm import (batch_norm, batch_norm_backward, dropout,  # noqa: F401
+from .norm import (add_relu, batch_norm, batch_norm_backward, dropout,  # noqa: F401
                    dropout_backward, local_response_norm, local_response_norm_backward)
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d,  # noqa: F401
                    global_avg_pool2d_backward, max_pool2d, max_pool2d_backward)

@@ -11,6 +11,7 @@ from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, Parameter, layer_from_config, register_layer
 from .containers import Concat, Residual, Sequential
 from .conv import Conv1d, Conv2d
+from .fusion import FusedBatchNorm2d, FusedConv2d, fuse
 from .linear import Dense, Flatten, Identity, Linear
 from .norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
@@ -23,6 +24,7 @@ __all__ = [
     "Flatten", "Identity", "Linear", "Dense",
     "Dropout", "BatchNorm2d", "BatchNorm1d", "LocalResponseNorm",
     "Sequential", "Residual", "Concat",
+    "fuse", "FusedConv2d", "FusedBatchNorm2d",
 ]
 
 from .graph import Add, Concatenate, Graph  # noqa: E402  (DAG models, issue 14)

@@ -3,6 +3,7 @@
 
 import numpy as np
 
+from .. import functional as F
 from .base import Layer, layer_from_config, shape_str
 
 __all__ = ["Sequential", "Residual", "Concat"]
@@ -17,11 +18,36 @@ def _as_layers(layers, where):
     return layers
 
 
+def _scratch_output(y, *others):
+    """``y`` if an in-place epilogue may overwrite it (a writeable C-contiguous array that
+    shares no memory with ``others``, e.g. the input), else None (a new array). For fused
+    inference models only: ``y`` may be cached by the layer that made it."""
+    if y.flags.c_contiguous and y.flags.writeable and y.dtype.kind == "f" and not any(
+            np.may_share_memory(y, o) for o in others):
+        return y
+    return None
+
+
 def _indent(text):
     return text.replace("\n", "\n  ")
 
 
 class _Container(Layer):
+    def fuse(self):
+        """An inference-only copy with BatchNorm folded into the convolutions before it and
+        ReLUs fused; this model is not changed. See :func:`cnncore.layers.fuse`."""
+        from .fusion import fuse
+        return fuse(self)
+
+    def _fuse(self, fuse_child):
+        """Replace each child by its fused version (called by :func:`cnncore.layers.fuse` on
+        a copy); returns the layer that replaces ``self``."""
+        self._set_children([(n, fuse_child(c)) for n, c in self._children.items()])
+        return self
+
+    def _set_children(self, items):
+        self._children = dict(items)
+
     def extra_children_repr(self):
         return [f"({name}): {_indent(repr(child))}" for name, child in self._children.items()]
 
@@ -64,6 +90,15 @@ class Sequential(_Container):
 
     def __iter__(self):
         return iter(self._layers)
+
+    def _fuse(self, fuse_child):
+        from .fusion import fuse_sequence
+        self._set_children(fuse_sequence([(n, fuse_child(c)) for n, c in self._children.items()]))
+        return self
+
+    def _set_children(self, items):
+        self._children = dict(items)
+        self._layers = list(self._children.values())
 
     def append(self, layer):
         self.add_child(str(len(self._layers)), layer)
@@ -118,6 +153,7 @@ class Residual(_Container):
             body = Sequential(*body)
         self.body = self.add_child("body", body)
         self.shortcut = None if shortcut is None else self.add_child("shortcut", shortcut)
+        self._relu = False  # set by fuse(): add and ReLU in one pass (inference only)
 
     def _mismatch(self, a, b):
         return ValueError(f"Residual: the body's output {shape_str(a)} and the shortcut's "
@@ -129,13 +165,35 @@ class Residual(_Container):
         s = x if self.shortcut is None else self.shortcut.forward(x)
         if y.shape != s.shape:
             raise self._mismatch(y.shape, s.shape)
+        if self._relu:
+            return F.add_relu(y, s, out=_scratch_output(y, x, s))
         return y + s
 
+    def _set_children(self, items):
+        super()._set_children(items)
+        self.body = self._children["body"]
+        self.shortcut = self._children.get("shortcut")
+
+    def _fuse_relu_after(self):
+        self._relu = True
+
+    def train(self, mode=True):
+        if mode and self._relu:
+            from .fusion import inference_only_error
+            raise inference_only_error(self, "train mode")
+        return super().train(mode)
+
     def backward(self, grad_out):
+        if self._relu:
+            from .fusion import inference_only_error
+            raise inference_only_error(self, "backward()")
         g = self.body.backward(grad_out)
         if self.shortcut is None:
             return g + grad_out
         return g + self.shortcut.backward(grad_out)
+
+    def extra_repr(self):
+        return "relu=True, inference-only" if self._relu else ""
 
     def output_shape(self, input_shape):
         a = tuple(self.body.output_shape(input_shape))
@@ -201,6 +259,10 @@ class Concat(_Container):
 
     def get_config(self):
         return {"axis": self.axis}
+
+    def _set_children(self, items):
+        super()._set_children(items)
+        self._branches = list(self._children.values())
 
     def extra_repr(self):
         return "" if self.axis == 1 else f"axis={self.axis}"

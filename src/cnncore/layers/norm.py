@@ -1,9 +1,9 @@
 """Normalisation and regularisation layers: :class:`BatchNorm2d`, :class:`BatchNorm1d`,
-:class:`LocalResponseNorm` and :class:`Dropout` (kernels in :mod:`cnncore._norm_kernels`)."""
+:class:`LocalResponseNorm` and :class:`Dropout` (kernels in :mod:`cnncore.functional.norm`)."""
 
 import numpy as np
 
-from .. import _norm_kernels as K
+from ..functional import norm as K
 from .base import Layer, as_generator, check_float_dtype, shape_str
 
 __all__ = ["BatchNorm2d", "BatchNorm1d", "LocalResponseNorm", "Dropout",
@@ -69,16 +69,18 @@ class _BatchNorm(Layer):
     def forward(self, x):
         self._check_dtype(x)
         self._check(x.shape)
-        y, x_hat, inv_std = K.batch_norm(x, self.weight.data, self.bias.data, self.running_mean,
-                                         self.running_var, self.training, self.momentum, self.eps)
-        self._cache = (x_hat, inv_std, self.training)
+        y, mean, inv_std = K.batch_norm(x, self.weight.data, self.bias.data, self.running_mean,
+                                        self.running_var, self.training, self.momentum, self.eps)
+        # x itself, not x_hat: backward recomputes x_hat (one activation less kept alive)
+        self._cache = (x, mean, inv_std, self.training)
         return y
 
     def backward(self, grad_out):
         if self._cache is None:
             raise self._backward_before_forward()
-        x_hat, inv_std, training = self._cache
-        gx, gg, gb = K.batch_norm_backward(grad_out, x_hat, inv_std, self.weight.data, training)
+        x, mean, inv_std, training = self._cache
+        gx, gg, gb = K.batch_norm_backward(grad_out, x, mean, inv_std, self.weight.data,
+                                           training)
         self.weight.grad += gg
         self.bias.grad += gb
         return gx

@@ -16,8 +16,10 @@ the shortcut / activation), so zoo models save and load like any cnncore model.
 
 import numpy as np
 
+from .. import functional as F
+from ..layers.activation import ReLU
 from ..layers.base import Layer
-from ..layers.containers import Sequential, _as_layers
+from ..layers.containers import Sequential, _as_layers, _scratch_output
 
 __all__ = ["NamedSequential", "ResidualBlock", "DenseLayer", "ResNet", "VGG", "AlexNet",
            "DenseNet"]
@@ -111,10 +113,38 @@ class ResidualBlock(NamedSequential):
         if shortcut is not None and shortcut == activation:
             raise ValueError("ResidualBlock: shortcut and activation must be different children")
         self._shortcut_name, self._activation_name = shortcut, activation
+        self._fused = False  # set by fuse(): inference only, add + ReLU in place
+        self._bind()
+
+    def _bind(self):
+        shortcut, activation = self._shortcut_name, self._activation_name
         self._body = [layer for name, layer in self._children.items()
                       if name not in (shortcut, activation)]
         self._sc = None if shortcut is None else self._children[shortcut]
         self._act = None if activation is None else self._children[activation]
+        # a ReLU after the sum runs in the same pass as the sum (F.add_relu); its backward
+        # needs only the block's output (out > 0 exactly where the sum is > 0)
+        self._add_relu = type(self._act) is ReLU
+        self._out = None
+
+    def _set_children(self, items):
+        super()._set_children(items)
+        self._bind()
+
+    def _fuse(self, fuse_child):
+        from ..layers.fusion import fuse_sequence
+        roles = (self._shortcut_name, self._activation_name)
+        items = [(n, fuse_child(c)) for n, c in self._children.items()]
+        body = fuse_sequence([(n, c) for n, c in items if n not in roles])
+        self._set_children(body + [(n, c) for n, c in items if n in roles])
+        self._fused = True
+        return self
+
+    def train(self, mode=True):
+        if mode and self._fused:
+            from ..layers.fusion import inference_only_error
+            raise inference_only_error(self, "train mode")
+        return super().train(mode)
 
     def append(self, layer, name=None):
         raise TypeError("ResidualBlock: children are fixed at construction")
@@ -126,11 +156,23 @@ class ResidualBlock(NamedSequential):
         s = x if self._sc is None else self._sc.forward(x)
         if y.shape != s.shape:
             raise self._mismatch(y.shape, s.shape)
+        if self._add_relu:
+            out = F.add_relu(y, s, out=_scratch_output(y, x, s) if self._fused else None)
+            self._out = None if self._fused else out
+            return out
         z = y + s
         return z if self._act is None else self._act.forward(z)
 
     def backward(self, grad_out):
-        g = grad_out if self._act is None else self._act.backward(grad_out)
+        if self._fused:
+            from ..layers.fusion import inference_only_error
+            raise inference_only_error(self, "backward()")
+        if self._add_relu:
+            if self._out is None:
+                raise self._backward_before_forward()
+            g = F.relu_backward(grad_out, self._out)
+        else:
+            g = grad_out if self._act is None else self._act.backward(grad_out)
         gb = g
         for layer in reversed(self._body):
             gb = layer.backward(gb)
@@ -177,6 +219,8 @@ class ResidualBlock(NamedSequential):
             parts.append(f"shortcut={self._shortcut_name!r}")
         if self._activation_name is not None:
             parts.append(f"activation={self._activation_name!r}")
+        if self._fused:
+            parts.append("inference-only")
         return ", ".join(parts)
 
 
