@@ -228,3 +228,21 @@ def test_padding_layers(layer, rng):
     w = rng.standard_normal(y.shape)
     check_gradient(lambda x_: layer.forward(x_), [x], 0, layer.backward(w), w, name="pad")
     assert type(layer).from_config({"config": layer.get_config()}).padding == layer.padding
+
+
+def test_to_torch_runs_the_same_graph(rng):
+    torch = pytest.importorskip("torch")
+    from cnncore.interop import to_torch, torch_state_dict
+    g = Sequential(dag(dtype=np.float32), ZeroPad2d((1, 0, 0, 1)))
+    g[0].output("fc", "cat")
+    g = g[0]
+    tg = to_torch(g.eval())
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    with torch.no_grad():
+        got = tg(torch.from_numpy(x))
+    for a, b in zip(got, g.forward(x)):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5)
+    assert list(tg.state_dict()) == list(torch_state_dict(g))
+    pad = to_torch(ZeroPad2d((1, 0, 0, 1)))
+    np.testing.assert_array_equal(pad(torch.from_numpy(x)).numpy(),
+                                  ZeroPad2d((1, 0, 0, 1)).forward(x))
