@@ -63,9 +63,9 @@ def assert_close(actual, expected, dtype, what):
     assert err <= TOL[dtype], f"{what}: max abs difference {err:.3g} of the output scale"
 
 
-def check(model, shape, dtype, modes=("eval", "train"), seed=0):
-    """Convert ``model`` (in each mode) and compare forward, input gradient and, in train
-    mode, the updated BatchNorm running statistics."""
+def check(model, shape, dtype, modes=("eval", "train"), seed=0, grad_modes=("eval", "train")):
+    """Convert ``model`` (in each mode) and compare forward, input gradient (in
+    ``grad_modes``) and, in train mode, the updated BatchNorm running statistics."""
     gen = np.random.default_rng(seed)
     model = randomise(model.astype(dtype), gen)
     x = gen.standard_normal(shape).astype(dtype)
@@ -83,7 +83,8 @@ def check(model, shape, dtype, modes=("eval", "train"), seed=0):
         assert y.dtype == gx.dtype == dtype
         name = type(model).__name__
         assert_close(y, yt.detach().numpy(), dtype, f"{name} {mode} forward")
-        assert_close(gx, xt.grad.numpy(), dtype, f"{name} {mode} input gradient")
+        if mode in grad_modes:
+            assert_close(gx, xt.grad.numpy(), dtype, f"{name} {mode} input gradient")
         tsd = tmodel.state_dict()
         for key, value in torch_state_dict(model).items():  # running stats updated alike
             if "running" in key:
@@ -124,7 +125,14 @@ def test_zoo_model_matches_torch(case, dtype):
     if dtype == np.float64 and case in FLOAT32_ONLY:
         pytest.skip("float64 is covered by the smaller networks")
     builder, kwargs, shape = ZOO_CASES[case]
-    check(builder(**kwargs), shape, dtype)
+    # DenseNet-121 in float32, train mode: with random weights and BN statistics a few of
+    # its ~10^6 pre-ReLU values lie within float32 rounding of zero (one at 2.2e-6 in the
+    # CIFAR case), and a ReLU whose mask flips there changes the input gradient by a few
+    # per cent in either library, depending only on the order of roundings. Its forward
+    # pass is compared in float32, and its gradients in float64 (to 1e-10).
+    flaky_mask = dtype == np.float32 and case.startswith("densenet")
+    check(builder(**kwargs), shape, dtype,
+          grad_modes=("eval",) if flaky_mask else ("eval", "train"))
 
 
 def _tiny_kwargs(name):

@@ -9,7 +9,7 @@
 """
 
 from . import functional, reference
-from ._config import get_num_threads, set_num_threads
+from ._config import get_num_threads, get_workspace_limit, set_num_threads, set_workspace_limit
 from ._info import config, show_config
 from ._version import __version__
 from . import callbacks, layers, losses, model, optim, serialization, trainer
@@ -21,7 +21,8 @@ from .serialization import load, load_checkpoint, save
 from .trainer import Trainer, TrainingDiverged
 
 __all__ = [
-    "functional", "reference", "get_num_threads", "set_num_threads", "config",
+    "functional", "reference", "get_num_threads", "set_num_threads", "get_workspace_limit",
+    "set_workspace_limit", "config",
     "show_config", "__version__",
     "callbacks", "layers", "losses", "model", "optim", "serialization", "trainer",
     "Sequential", "lenet5", "summary", "load", "load_checkpoint", "save", "Trainer",

@@ -1,4 +1,5 @@
-"""Process-wide settings: the default number of threads used by the compiled kernels."""
+"""Process-wide settings: the default number of threads used by the compiled kernels and
+the workspace limit of the convolution kernels' scratch memory."""
 
 import numbers
 import os
@@ -53,3 +54,35 @@ def resolve_threads(n_threads, where="cnncore"):
     if n < 1:
         raise ValueError(f"{where}: n_threads must be >= 1 or None, got {n_threads!r}")
     return n
+
+
+# Scratch memory a convolution may use per thread (its tile of the im2col column matrix).
+DEFAULT_WORKSPACE_LIMIT = 32 << 20
+_workspace_limit = None
+
+
+def set_workspace_limit(nbytes):
+    """Cap the scratch memory each thread of a convolution uses, in bytes (``None`` restores
+    the default, 32 MiB).
+
+    im2col + GEMM convolutions work on tiles of output rows whose column matrix
+    (``C_in/groups * kh * kw`` x ``rows * W_out`` elements) fits in this limit, so their
+    scratch stays bounded whatever the image size. The smallest tile is one output row: if
+    even that exceeds the limit, it is used anyway. Results do not depend on the thread
+    count, but may differ in the last bits between two limits (the tiles change).
+    """
+    global _workspace_limit
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral):
+            raise TypeError(f"set_workspace_limit: nbytes must be an int (bytes) or None, "
+                            f"got {nbytes!r}")
+        if nbytes < 1:
+            raise ValueError(f"set_workspace_limit: nbytes must be >= 1, got {nbytes}")
+        nbytes = int(nbytes)
+    _workspace_limit = nbytes
+
+
+def get_workspace_limit():
+    """The scratch memory, in bytes, a convolution may use per thread (see
+    :func:`set_workspace_limit`)."""
+    return DEFAULT_WORKSPACE_LIMIT if _workspace_limit is None else _workspace_limit

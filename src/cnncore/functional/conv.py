@@ -7,6 +7,7 @@ im2col + GEMM) is decided by :mod:`cnncore.functional.planner`.
 import numpy as np
 
 from .._args import conv1d_as_2d, conv_padding, out_size, pair
+from .._config import get_workspace_limit
 from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
 from .._kernels import conv as _conv
 from .._kernels import conv_direct as _conv_direct
@@ -18,7 +19,7 @@ __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward"]
 
 
 class _ConvGeometry:
-    __slots__ = ("stride", "padding", "dilation", "groups", "out_hw")
+    __slots__ = ("stride", "padding", "dilation", "groups", "out_hw", "whole_blas_sizes")
 
     def __init__(self, where, x_shape, w_shape, stride, padding, dilation, groups, show=tuple):
         n, c, h, w = x_shape
@@ -45,11 +46,28 @@ class _ConvGeometry:
             out_size(w, kw, self.stride[1], self.padding[1], self.dilation[1], where=where,
                      axis="W"),
         )
-        check_blas_size(where, cg * kh * kw * self.out_hw[0] * self.out_hw[1],
-                        c_out * self.out_hw[0] * self.out_hw[1], c_out * cg * kh * kw)
+        # Winograd's whole-sample matrices; im2col checks its tiles (_tile_plan), the direct
+        # kernels use no BLAS.
+        self.whole_blas_sizes = (cg * kh * kw * self.out_hw[0] * self.out_hw[1],
+                                 c_out * self.out_hw[0] * self.out_hw[1], c_out * cg * kh * kw)
 
     def kernel_args(self):
         return (*self.stride, *self.padding, *self.dilation, self.groups)
+
+
+def _tile_plan(where, n, c_out, cg, kh, kw, out_hw, itemsize):
+    """``(rows, n_tiles, out_blocks, dx_blocks)``: the im2col / 1x1 tiles of output rows and
+    channel blocks (planner.conv_tiles) under the workspace limit, after checking that
+    BLAS' 32-bit ints hold one tile."""
+    ho, wo = out_hw
+    k_g = cg * kh * kw
+    if k_g * wo > planner._BLAS_INT_MAX:
+        raise ValueError(f"{where}: the smallest im2col tile, one output row, is a matrix of "
+                         f"{k_g} x {wo} = {k_g * wo} elements (C_in/groups*kH*kW x W_out): "
+                         f"too large for 32-bit BLAS; use fewer input channels per group, a "
+                         f"smaller kernel or a narrower image")
+    check_blas_size(where, ho * wo, c_out * k_g)  # a GEMM's leading dimension, the weights
+    return planner.conv_tiles(n, c_out, cg, k_g, ho, wo, itemsize, get_workspace_limit())
 
 
 def _conv_geometry(*args):
@@ -167,7 +185,16 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     c_out, cg, kh, kw = weight.shape
     algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw)
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
-    n_threads = _threads(n_threads, where, n * c_out if algorithm == "direct" else n, flops)
+    if algorithm == "direct":
+        tasks = n * c_out
+    elif algorithm == "winograd":
+        check_blas_size(where, *geo.whole_blas_sizes)
+        tasks = n
+    else:
+        rows, n_tiles, k_parts, _ = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
+                                               x.itemsize)
+        tasks = n * n_tiles * k_parts
+    n_threads = _threads(n_threads, where, tasks, flops)
     if n and algorithm == "winograd":
         return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads)
     y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
@@ -177,9 +204,14 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     if algorithm == "direct":
         _conv_direct.forward(x, weight, b, y, *geo.kernel_args()[:-1], n_threads)
         return y
-    work = _work(n_threads, cg * kh * kw * geo.out_hw[0] * geo.out_hw[1], x.dtype)
+    work = _work(n_threads, 0 if algorithm == "pointwise" else cg * kh * kw * rows * geo.out_hw[1],
+                 x.dtype)
+    # blocks of input channels 1, 2, ... write partial outputs, added to y in order
+    parts = _scratch_array("conv_parts", (k_parts - 1, n, c_out, geo.out_hw[0] * geo.out_hw[1]),
+                           x.dtype)
     with _one_blas_thread():
-        _conv.conv2d_forward(x, weight, b, y, work, *geo.kernel_args(), n_threads)
+        _conv.conv2d_forward(x, weight, b, y, work, parts, *geo.kernel_args(), rows,
+                             n_threads)
     return y
 
 
@@ -211,9 +243,20 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     k_g = cg * kh * kw
     algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True)
     direct = algorithm == "direct"
-    flops = 4 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * k_g
-    n_chunks = planner.dw_chunks(n, c_out, k_g, x.itemsize)
-    n_threads = _threads(n_threads, where, n * c if direct else n_chunks, flops)
+    p = geo.out_hw[0] * geo.out_hw[1]
+    flops = 4 * n * c_out * p * k_g
+    if direct:
+        tasks = n * c
+    elif algorithm == "winograd":
+        check_blas_size(where, *geo.whole_blas_sizes)
+        tasks = planner.dw_chunks(n, c_out, k_g, x.itemsize)
+    else:
+        rows, n_tiles, _, dx_blocks = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
+                                                 x.itemsize)
+        n_parts, n_kblocks = planner.dw_split(n, n_tiles, p, c_out, cg, k_g, x.itemsize,
+                                              get_workspace_limit())
+        tasks = max(n_parts * n_kblocks, n * n_tiles * dx_blocks)
+    n_threads = _threads(n_threads, where, tasks, flops)
     need_grad_x = bool(need_grad_x)
     grad_bias = np.empty(c_out, dtype=x.dtype)
     if n == 0:
@@ -231,20 +274,20 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         _conv_direct.backward(grad_out, x, weight, dx, grad_weight,
                               *geo.kernel_args()[:-1], need_grad_x, n_threads)
         return grad_x, grad_weight, grad_bias
-    # With one chunk, dw_part[0] is the result handed to the caller: not a scratch buffer.
-    dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_chunks == 1 else
-               _scratch_array("dw_chunks", (n_chunks, c_out, k_g), x.dtype))
-    work = _work(n_threads, k_g * geo.out_hw[0] * geo.out_hw[1], x.dtype)
-    dw_t = planner.transposed_dw_cols(k_g, geo.out_hw[0] * geo.out_hw[1],
-                                      algorithm == "pointwise")
+    # With one part, dw_part[0] is the result handed to the caller: not a scratch buffer.
+    dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_parts == 1 else
+               _scratch_array("dw_chunks", (n_parts, c_out, k_g), x.dtype))
+    pointwise = algorithm == "pointwise"
+    dw_t = planner.transposed_dw_cols(k_g, rows * geo.out_hw[1], pointwise)
+    work = _work(n_threads, 0 if pointwise else k_g * rows * geo.out_hw[1], x.dtype)
     with _one_blas_thread():
-        _conv.conv2d_backward(grad_out, x, weight, dx, dw_part, work,
-                              *geo.kernel_args(), need_grad_x, dw_t, n_threads)
-    if n_chunks == 1:
+        _conv.conv2d_backward(grad_out, x, weight, dx, dw_part, work, *geo.kernel_args(),
+                              rows, n_kblocks, dx_blocks, need_grad_x, dw_t, n_threads)
+    if n_parts == 1:
         grad_weight = dw_part[0]
     else:
         grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
-        _conv.sum_chunks(dw_part.reshape(n_chunks, -1), grad_weight, n_threads)
+        _conv.sum_chunks(dw_part.reshape(n_parts, -1), grad_weight, n_threads)
     return grad_x, grad_weight.reshape(weight.shape), grad_bias
 
 

@@ -13,12 +13,31 @@ count, so results do not depend on it), one of:
     1x1 stride-1 unpadded: the input already is the column matrix, one GEMM per sample;
 ``'im2col'``
     im2col + GEMM for everything else.
+
+The last two work on tiles of output rows (:func:`conv_tile_rows`) and split the weight
+gradient over fixed parts and channel blocks (:func:`dw_split`).
 """
+
+import functools
 
 # Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
 # of their partial sums. Both depend on shapes only, never on the thread count.
 _MAX_DW_CHUNKS = 16
 _DW_CHUNK_BYTES = 64 << 20
+# im2col / 1x1 tiles of output rows (conv_tiles, dw_split). A tile's column matrix is at
+# most _TILE_BYTES (it stays in the L2 cache between im2col and GEMM); a batch smaller than
+# _TARGET_TASKS is cut into more tiles, down to _MIN_TILE_COLS columns each (narrower GEMMs
+# lose speed), then into blocks of input channels (at least _MIN_KBLOCK_ROWS rows of the
+# column matrix each; _MIN_KPART_ROWS in the forward pass, whose blocks each write a whole
+# partial output), so that a single image keeps the threads busy. Each partial sum of the weight gradient reduces over at least _MIN_PART_COLS
+# columns (adding the parts costs about 1/_MIN_PART_COLS of the GEMMs' memory traffic).
+_TILE_BYTES = 1 << 20
+_MIN_TILE_COLS = 128
+_TARGET_TASKS = 8
+_MIN_KBLOCK_ROWS = 32
+_MIN_KPART_ROWS = 64
+_MIN_PART_COLS = 256
+_BLAS_INT_MAX = 2 ** 31 - 1
 # Winograd F(2x2, 3x3) pays off once both channel counts give its 16 GEMMs something to
 # reduce over. Measured side by side with im2col + GEMM at 1 thread (batch 64, 3x3 pad 1):
 # forward 16 -> 32 channels at 16x16 1.26x faster, 8 -> 8 at 28x28 1.05x slower; backward
@@ -76,3 +95,44 @@ def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False):
 def dw_chunks(n, c_out, k_g, itemsize):
     """Fixed batch chunks of the weight gradient: their number depends on shapes only."""
     return max(1, min(n, _MAX_DW_CHUNKS, _DW_CHUNK_BYTES // (c_out * k_g * itemsize)))
+
+
+@functools.lru_cache(maxsize=1024)
+def conv_tiles(n, c_out, c_g, k_g, ho, wo, itemsize, limit):
+    """``(rows, n_tiles, k_parts, dx_blocks)`` of an im2col / 1x1 convolution of a batch of
+    ``n`` with ``c_out`` output and ``c_g`` input channels per group (``k_g`` rows of the
+    column matrix) and an ``ho x wo`` output: tiles of ``rows`` output rows (the last one
+    shorter), whose column matrix (``k_g x rows*wo``) stays under _TILE_BYTES and ``limit``
+    bytes (the workspace limit) and within 32-bit BLAS, unless a single row already is
+    larger; per tile, ``k_parts`` blocks of input channels in the forward pass (each but the
+    first writes a partial output of the batch's size, within ``limit``) and ``dx_blocks``
+    in the input gradient. Shapes and limit only: never the thread count."""
+    row = k_g * wo * itemsize
+    max_rows = max(1, min(_TILE_BYTES // row, limit // row, _BLAS_INT_MAX // (k_g * wo)))
+    wanted = min(-(-_TARGET_TASKS // n), max(1, ho * wo // _MIN_TILE_COLS))
+    n_tiles = min(ho, max(wanted, -(-ho // max_rows)))
+    rows = -(-ho // n_tiles)  # tiles of equal height (but the last)
+    n_tiles = -(-ho // rows)
+    lacking = -(-_TARGET_TASKS // (n * n_tiles))
+    blocks = max(1, min(lacking, c_g, k_g // _MIN_KBLOCK_ROWS))
+    k_parts = max(1, min(lacking, c_g, k_g // _MIN_KPART_ROWS,
+                         1 + limit // (n * c_out * ho * wo * itemsize)))
+    return rows, n_tiles, k_parts, blocks
+
+
+@functools.lru_cache(maxsize=1024)
+def dw_split(n, n_tiles, p, c_out, c_g, k_g, itemsize, limit):
+    """``(n_parts, n_kblocks)`` of the im2col weight gradient: the ``n * n_tiles`` (sample,
+    tile) pairs are cut into ``n_parts`` ranges, each summed into its own partial
+    (c_out x k_g) gradient, and the ``c_g`` input channels of a group into ``n_kblocks``
+    blocks (columns of the gradient, no partial sums). Partials are kept for long
+    reductions (``n*p`` output pixels; at most _MAX_DW_CHUNKS of them, within
+    _DW_CHUNK_BYTES and the workspace limit); channel blocks make up the tasks a small
+    batch lacks. Shapes and limit only: never the thread count."""
+    parts = min(n * n_tiles, _MAX_DW_CHUNKS, n * p // _MIN_PART_COLS,
+                min(_DW_CHUNK_BYTES, limit) // (c_out * k_g * itemsize))
+    parts = max(1, parts)
+    kblocks = 1
+    if parts < _TARGET_TASKS:
+        kblocks = min(-(-_TARGET_TASKS // parts), c_g, k_g // _MIN_KBLOCK_ROWS)
+    return parts, max(1, kblocks)
