@@ -595,6 +595,13 @@ WINOGRAD_CONV2D = {
 WINOGRAD_PARAMS = [pytest.param(c, id=n) for n, c in WINOGRAD_CONV2D.items()]
 
 
+def any_tile_count(monkeypatch):
+    """Let Winograd run however few 2x2 output tiles the batch has."""
+    for name in ("_WINOGRAD_MIN_BATCH_TILES", "_WINOGRAD_MIN_BATCH_TILES_KEPT",
+                 "_WINOGRAD_MIN_BATCH_TILES_BACKWARD"):
+        monkeypatch.setattr(F.planner, name, 0)
+
+
 @pytest.fixture
 def winograd_calls(monkeypatch):
     """Lower the channel threshold and count the calls that take the Winograd path."""
@@ -607,6 +614,7 @@ def winograd_calls(monkeypatch):
 
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
+    any_tile_count(monkeypatch)
     monkeypatch.setattr(F.conv, "_winograd_conv", spy)
     return calls
 
@@ -646,6 +654,7 @@ def test_winograd_conv2d_gradcheck(name, rng, winograd_calls):
     (_cfg(2, 32, 32, 6, 6, 3, padding=3), False, False),    # dx would need padding -1
 ])
 def test_winograd_is_chosen_only_where_it_applies(cfg, forward, backward, rng, monkeypatch):
+    any_tile_count(monkeypatch)  # the tile-count rule: tests/test_winograd_b1.py
     calls = []
     original = F.conv._winograd_conv
     monkeypatch.setattr(F.conv, "_winograd_conv", lambda *a: calls.append(1) or original(*a))

@@ -321,6 +321,38 @@ def test_download_from_mirror(tmp_path, monkeypatch, http_mirror, capsys):
     _assert_same(load_mnist(), data)
 
 
+def test_concurrent_loaders_share_one_cache(tmp_path, monkeypatch, http_mirror):
+    """Loaders started together on an empty cache all get the data; the cache ends up with
+    the four complete files and no temporary ones (each download goes to its own
+    temporary file and is renamed into place)."""
+    url, root = http_mirror
+    data = _tiny_dataset(7)
+    monkeypatch.setattr(_mnist, "MNIST_GZ_CHECKSUMS", _serve(root, data))
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", [url])
+    results, errors = [], []
+    start = threading.Barrier(4)
+
+    def load():
+        start.wait()
+        try:
+            results.append(_mnist._load_dataset(
+                "mnist", "MNIST", None, mirrors=_mnist.MNIST_MIRRORS,
+                checksums=_mnist.MNIST_GZ_CHECKSUMS, progress=False))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(results) == 4
+    for got in results:
+        _assert_same(got, data)
+    assert _listing(cache_dir("mnist")) == sorted(b + ".gz" for b in IDX_FILES)
+
+
 def test_download_only_missing_files(tmp_path, monkeypatch, http_mirror):
     url, root = http_mirror
     data = _tiny_dataset(5)

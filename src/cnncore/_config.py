@@ -3,18 +3,19 @@ the workspace limit of the convolution kernels' scratch memory."""
 
 import numbers
 import os
+from typing import Optional
 
-_num_threads = None
+_num_threads: Optional[int] = None
 
 
-def _cpu_count():
+def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Set the default thread count of every parallel kernel (``None`` restores the default).
 
     The default is ``$CNNCORE_NUM_THREADS`` if set, else the number of usable cores.
@@ -28,7 +29,7 @@ def set_num_threads(n):
     _num_threads = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The thread count a kernel uses when called with ``n_threads=None``."""
     if _num_threads is not None:
         return _num_threads
@@ -44,7 +45,7 @@ def get_num_threads():
     return _cpu_count()
 
 
-def resolve_threads(n_threads, where="cnncore"):
+def resolve_threads(n_threads: Optional[int], where: str = "cnncore") -> int:
     """``n_threads`` argument of a kernel -> a positive int."""
     if n_threads is None:
         return get_num_threads()

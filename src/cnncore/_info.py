@@ -2,12 +2,13 @@
 
 import platform
 import sys
+from typing import Any, Dict, List, Optional, TextIO, Union
 
 from ._config import get_num_threads
 from ._version import __version__
 
 
-def _blas_info():
+def _blas_info() -> List[str]:
     from threadpoolctl import threadpool_info
     import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl can see it)
     libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
@@ -17,22 +18,26 @@ def _blas_info():
             for i in scipy_libs]
 
 
-def config():
+#: What :func:`config` returns: strings, booleans, ints, lists of strings and dicts.
+ConfigValue = Union[str, bool, int, List[str], Dict[str, Any]]
+
+
+def config() -> Dict[str, ConfigValue]:
     """The build and runtime configuration as a dict (what :func:`show_config` prints)."""
     from . import _kernels
-    from ._kernels import _openmp_helpers
+    from ._kernels._openmp_helpers import openmp_enabled, openmp_max_threads
     try:
         from . import _build_info as build
-        flags = build.COMPILE_ARGS
-        compiler = build.COMPILER
+        flags: List[str] = list(build.COMPILE_ARGS)
+        compiler: str = build.COMPILER
     except ImportError:  # built by a tool that skipped setup.py's build-info step
         flags, compiler = [], "unknown"
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "openmp": _openmp_helpers.openmp_enabled(),
-        "openmp_max_threads": _openmp_helpers.openmp_max_threads(),
+        "openmp": bool(openmp_enabled()),
+        "openmp_max_threads": int(openmp_max_threads()),
         "default_threads": get_num_threads(),
         "omp_wait_policy": dict(_kernels.WAIT_POLICY),
         "blas": _blas_info(),
@@ -41,7 +46,7 @@ def config():
     }
 
 
-def _wait_policy_line(policy):
+def _wait_policy_line(policy: Any) -> str:
     if policy["requested"] is None:
         return f"set by {policy['source']}"
     line = f"{policy['requested']} (CNNCORE_OMP_WAIT_POLICY; OMP_WAIT_POLICY overrides)"
@@ -50,7 +55,7 @@ def _wait_policy_line(policy):
     return line
 
 
-def show_config(file=None):
+def show_config(file: Optional[TextIO] = None) -> None:
     """Print the version, OpenMP on/off, BLAS in use, default thread count and compiler flags."""
     c = config()
     lines = [
@@ -60,7 +65,12 @@ def show_config(file=None):
         f"  default threads: {c['default_threads']} (cnncore.set_num_threads / "
         "CNNCORE_NUM_THREADS)",
         "  wait policy:     " + _wait_policy_line(c["omp_wait_policy"]),
-        "  BLAS:            " + ("\n                   ".join(c["blas"]) or "not found"),
-        f"  compiler:        {c['compiler']} {' '.join(c['compile_flags'])}",
+        "  BLAS:            " + ("\n                   ".join(_strings(c["blas"]))
+                                 or "not found"),
+        f"  compiler:        {c['compiler']} {' '.join(_strings(c['compile_flags']))}",
     ]
     print("\n".join(lines), file=file or sys.stdout)
+
+
+def _strings(value: ConfigValue) -> List[str]:
+    return list(value) if isinstance(value, list) else [str(value)]

@@ -16,10 +16,19 @@ import csv
 import json
 import math
 import os
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TextIO, Union
 
 import numpy as np
 
+from ._typing import Array, Logs
 from .optim import Schedule
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+#: A metric value in the logs: a float, an int, or None (e.g. no validation data).
+Metric = Union[float, int, None]
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
            "JSONLogger", "LearningRateScheduler"]
@@ -31,23 +40,23 @@ class Callback:
     #: Run only on rank 0 of a distributed Trainer (set True for side effects: files).
     rank_zero_only = False
 
-    def on_train_begin(self, trainer):
-        pass
+    def on_train_begin(self, trainer: "Trainer") -> None:
+        """Called once at the start of ``fit``."""
 
-    def on_epoch_begin(self, trainer, epoch):
-        pass
+    def on_epoch_begin(self, trainer: "Trainer", epoch: int) -> None:
+        """Called before each epoch (``epoch``: 0-based global index)."""
 
-    def on_batch_begin(self, trainer, batch):
-        pass
+    def on_batch_begin(self, trainer: "Trainer", batch: int) -> None:
+        """Called before each training batch (``batch``: index in the epoch)."""
 
-    def on_batch_end(self, trainer, batch, logs):
-        pass
+    def on_batch_end(self, trainer: "Trainer", batch: int, logs: Logs) -> None:
+        """Called after each training batch with its ``loss`` (and ``accuracy``)."""
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        pass
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Logs) -> None:
+        """Called after each epoch with the epoch's metrics."""
 
-    def on_train_end(self, trainer, logs):
-        pass
+    def on_train_end(self, trainer: "Trainer", logs: Logs) -> None:
+        """Called once at the end of ``fit`` with the last epoch's metrics."""
 
 
 class History:
@@ -63,32 +72,35 @@ class History:
         ``images_per_sec`` (training throughput).
     """
 
-    def __init__(self):
-        self.epoch = []
-        self.history = {}
+    def __init__(self) -> None:
+        self.epoch: List[int] = []
+        self.history: Dict[str, List[Metric]] = {}
 
-    def append(self, epoch, logs):
+    def append(self, epoch: int, logs: Logs) -> None:
+        """Record the metrics of one epoch (1-based ``epoch``)."""
         self.epoch.append(int(epoch))
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> List[Metric]:
         return self.history[key]
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self.history
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.epoch)
 
-    def to_dict(self):
-        return {"epoch": list(self.epoch), **{k: list(v) for k, v in self.history.items()}}
+    def to_dict(self) -> Dict[str, List[Metric]]:
+        """``{"epoch": [...], metric: [...]}``: plain lists, ready for JSON."""
+        epochs: List[Metric] = list(self.epoch)
+        return {"epoch": epochs, **{k: list(v) for k, v in self.history.items()}}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         keys = ", ".join(self.history)
         return f"History({len(self.epoch)} epochs: {keys})"
 
-    def plot(self, path, title=None):
+    def plot(self, path: PathLike, title: Optional[str] = None) -> bool:
         """Save loss and accuracy curves as a PNG. Returns False (and writes nothing) when
         matplotlib is not installed, True otherwise."""
         try:
@@ -116,7 +128,7 @@ class History:
         return True
 
 
-def _mode(mode, monitor, where):
+def _mode(mode: str, monitor: str, where: str) -> str:
     if mode == "auto":
         return "max" if ("acc" in monitor or "images" in monitor) else "min"
     if mode not in ("min", "max"):
@@ -124,12 +136,13 @@ def _mode(mode, monitor, where):
     return mode
 
 
-def _metric(logs, monitor, where):
-    if monitor not in logs or logs[monitor] is None:
+def _metric(logs: Logs, monitor: str, where: str) -> float:
+    value = logs.get(monitor)
+    if value is None:
         available = ", ".join(k for k, v in logs.items() if v is not None)
         raise ValueError(f"{where}: metric {monitor!r} is not in the epoch logs (available: "
                          f"{available}); pass validation_data to fit() or change monitor")
-    return float(logs[monitor])
+    return float(value)
 
 
 class EarlyStopping(Callback):
@@ -155,8 +168,9 @@ class EarlyStopping(Callback):
     best_epoch : int
     """
 
-    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, mode="auto",
-                 restore_best_weights=False, verbose=0):
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False,
+                 verbose: int = 0) -> None:
         self.monitor = monitor
         self.patience = int(patience)
         self.min_delta = abs(float(min_delta))
@@ -165,22 +179,22 @@ class EarlyStopping(Callback):
         self.verbose = verbose
         self._reset()
 
-    def _reset(self):
+    def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch = None
+        self.best_epoch: Optional[int] = None
         self.wait = 0
-        self.stopped_epoch = None
-        self._best_state = None
+        self.stopped_epoch: Optional[int] = None
+        self._best_state: Optional[Dict[str, Array]] = None
 
-    def _improved(self, value):
+    def _improved(self, value: float) -> bool:
         if self.mode == "min":
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_train_begin(self, trainer):
+    def on_train_begin(self, trainer: "Trainer") -> None:
         self._reset()
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Logs) -> None:
         value = _metric(logs, self.monitor, "EarlyStopping")
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch + 1, 0
@@ -195,7 +209,7 @@ class EarlyStopping(Callback):
                 print(f"EarlyStopping: {self.monitor} did not improve for {self.wait} epochs "
                       f"(best {self.best:.6g} at epoch {self.best_epoch}); stopping")
 
-    def on_train_end(self, trainer, logs):
+    def on_train_end(self, trainer: "Trainer", logs: Logs) -> None:
         if self.restore_best_weights and self._best_state is not None:
             trainer.model.load_state_dict(self._best_state)
 
@@ -224,21 +238,21 @@ class ModelCheckpoint(Callback):
 
     rank_zero_only = True
 
-    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
-                 save_optimizer=True, verbose=0):
+    def __init__(self, path: PathLike, monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto", save_optimizer: bool = True, verbose: int = 0) -> None:
         self.path = os.fspath(path)
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)
         self.mode = _mode(mode, monitor, "ModelCheckpoint")
         self.save_optimizer = bool(save_optimizer)
         self.verbose = verbose
-        self.best = None
-        self.last_path = None
+        self.best: Optional[float] = None
+        self.last_path: Optional[str] = None
 
-    def on_train_begin(self, trainer):
+    def on_train_begin(self, trainer: "Trainer") -> None:
         self.best = None
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Logs) -> None:
         if self.save_best_only:
             value = _metric(logs, self.monitor, "ModelCheckpoint")
             better = (self.best is None or (value < self.best if self.mode == "min"
@@ -260,16 +274,22 @@ class ModelCheckpoint(Callback):
 class _FileLogger(Callback):
     rank_zero_only = True
 
-    def __init__(self, path, append=False):
+    def __init__(self, path: PathLike, append: bool = False) -> None:
         self.path = os.fspath(path)
         self.append = bool(append)
-        self._file = None
+        self._file: Optional[TextIO] = None
+        self._started = False
 
-    def on_train_begin(self, trainer):
+    def _open_file(self) -> TextIO:
+        if self._file is None:
+            raise RuntimeError(f"{type(self).__name__}: on_epoch_end before on_train_begin")
+        return self._file
+
+    def on_train_begin(self, trainer: "Trainer") -> None:
         self._file = open(self.path, "a" if self.append else "w", newline="")
         self._started = self.append and self._file.tell() > 0
 
-    def on_train_end(self, trainer, logs):
+    def on_train_end(self, trainer: "Trainer", logs: Logs) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -279,30 +299,32 @@ class CSVLogger(_FileLogger):
     """Append one CSV row per epoch (``epoch`` then the log keys) to ``path``; a header is
     written first unless appending to a non-empty file."""
 
-    def __init__(self, path, append=False, separator=","):
+    def __init__(self, path: PathLike, append: bool = False, separator: str = ",") -> None:
         super().__init__(path, append)
         self.separator = separator
-        self._keys = None
+        self._keys: Optional[List[str]] = None
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Logs) -> None:
         if self._keys is None:
             self._keys = list(logs)
-        writer = csv.writer(self._file, delimiter=self.separator)
+        file = self._open_file()
+        writer = csv.writer(file, delimiter=self.separator)
         if not self._started:
             writer.writerow(["epoch"] + self._keys)
             self._started = True
         writer.writerow([epoch + 1] + ["" if logs.get(k) is None else logs.get(k)
                                        for k in self._keys])
-        self._file.flush()
+        file.flush()
 
 
 class JSONLogger(_FileLogger):
     """Append one JSON object per epoch (JSON lines: ``{"epoch": 1, "loss": ...}``) to
     ``path``."""
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        self._file.write(json.dumps({"epoch": epoch + 1, **logs}) + "\n")
-        self._file.flush()
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: Logs) -> None:
+        file = self._open_file()
+        file.write(json.dumps({"epoch": epoch + 1, **logs}) + "\n")
+        file.flush()
 
 
 class LearningRateScheduler(Callback):
@@ -314,30 +336,31 @@ class LearningRateScheduler(Callback):
     so a resumed run gets the same learning rates.
     """
 
-    def __init__(self, schedule, per="epoch", verbose=0):
+    def __init__(self, schedule: Callable[[int], float], per: str = "epoch",
+                 verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"LearningRateScheduler: schedule must be callable, got {schedule!r}")
         if per not in ("epoch", "batch"):
             raise ValueError(f"LearningRateScheduler: per must be 'epoch' or 'batch', got {per!r}")
         self.schedule, self.per, self.verbose = schedule, per, verbose
 
-    def _set(self, trainer, t):
+    def _set(self, trainer: "Trainer", t: int) -> None:
         lr = float(self.schedule(t))
         if not (lr >= 0 and math.isfinite(lr)):
             raise ValueError(f"LearningRateScheduler: schedule({t}) = {lr} is not a valid "
                              "learning rate")
         trainer.optimizer.lr = lr
 
-    def on_epoch_begin(self, trainer, epoch):
+    def on_epoch_begin(self, trainer: "Trainer", epoch: int) -> None:
         if self.per == "epoch":
             self._set(trainer, epoch)
             if self.verbose:
                 print(f"LearningRateScheduler: epoch {epoch + 1}, lr = {trainer.optimizer.lr:.6g}")
 
-    def on_batch_begin(self, trainer, batch):
+    def on_batch_begin(self, trainer: "Trainer", batch: int) -> None:
         if self.per == "batch":
             self._set(trainer, trainer.global_step)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         s = self.schedule if isinstance(self.schedule, Schedule) else "<callable>"
         return f"LearningRateScheduler({s}, per={self.per!r})"

@@ -144,6 +144,7 @@ def load_torch_state_dict(model, state, strict=True):
                              f"the state, the model expects {tuple(old.shape)}")
         if kind == "param":
             old[...] = arr
+            layer._params[attr].mark_changed()
         else:
             layer.set_buffer(attr, np.array(arr, dtype=old.dtype, copy=True))
     model.load_report = {"missing": missing, "unexpected": unexpected}

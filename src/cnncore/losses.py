@@ -5,40 +5,43 @@ A loss object has ``forward(pred, target) -> float`` (caching the gradient),
 classified samples, or None when accuracy is meaningless) and ``get_config()``.
 """
 
+from typing import Any, Dict, Optional, Tuple, Type
+
 import numpy as np
 
 from . import functional as F
+from ._typing import Array, ArrayLike, Config, FloatArray
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "CrossEntropy", "MSE", "loss_from_config"]
 
-_LOSSES = {}
+_LOSSES: Dict[str, Type["Loss"]] = {}
 
 
 class Loss:
     """Base class: subclasses implement ``_compute(pred, target) -> (loss, grad)``."""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _LOSSES[cls.__name__] = cls
 
-    def __init__(self):
-        self._grad = None
+    def __init__(self) -> None:
+        self._grad: Optional[FloatArray] = None
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: FloatArray, target: Array) -> float:
         return self.forward(pred, target)
 
-    def forward(self, pred, target):
+    def forward(self, pred: FloatArray, target: Array) -> float:
         """The loss (a Python float, mean over the batch) of predictions ``pred``."""
         loss, self._grad = self._compute(pred, target)
         return float(loss)
 
-    def backward(self):
+    def backward(self) -> FloatArray:
         """dL/dpred of the last :meth:`forward`."""
         if self._grad is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         return self._grad
 
-    def correct(self, pred, target):
+    def correct(self, pred: FloatArray, target: Array) -> Optional[int]:
         """Number of samples whose arg-max prediction equals the (arg-max) target, or None
         if the targets are not classes."""
         if pred.ndim != 2 or pred.shape[1] < 2:
@@ -51,17 +54,20 @@ class Loss:
             return None
         return int(np.count_nonzero(pred.argmax(axis=1) == labels))
 
-    def prepare_targets(self, y, where="loss"):
+    def _compute(self, pred: FloatArray, target: Array) -> Tuple[float, FloatArray]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _compute")
+
+    def prepare_targets(self, y: ArrayLike, where: str = "loss") -> Array:
         """Validate / convert the whole target array once (the Trainer calls this)."""
         return np.asarray(y)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {}
 
-    def to_config(self):
+    def to_config(self) -> Config:
         return {"class": type(self).__name__, "config": self.get_config()}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -72,7 +78,7 @@ class SoftmaxCrossEntropy(Loss):
     The model's last layer must output logits (no Softmax layer).
     """
 
-    def _compute(self, pred, target):
+    def _compute(self, pred: FloatArray, target: Array) -> Tuple[float, FloatArray]:
         if pred.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy: expected logits (N, K), got shape {pred.shape}")
         if len(target) != len(pred):
@@ -80,9 +86,10 @@ class SoftmaxCrossEntropy(Loss):
                              "targets")
         if target.ndim == 2 and target.dtype != pred.dtype:
             target = target.astype(pred.dtype)
-        return F.softmax_cross_entropy(pred, target)
+        loss, grad = F.softmax_cross_entropy(pred, target)
+        return float(loss), grad
 
-    def prepare_targets(self, y, where="SoftmaxCrossEntropy"):
+    def prepare_targets(self, y: ArrayLike, where: str = "SoftmaxCrossEntropy") -> Array:
         y = np.asarray(y)
         if y.ndim == 1:
             if y.dtype.kind not in "iu":
@@ -107,24 +114,27 @@ class MSE(Loss):
     """The course's mean squared error ``E = 1/(2N) * sum_n sum_j (pred - target)^2`` (half the
     per-sample squared error, averaged over the batch)."""
 
-    def _compute(self, pred, target):
+    def _compute(self, pred: FloatArray, target: Array) -> Tuple[float, FloatArray]:
         if target.shape != pred.shape:
             raise ValueError(f"MSE: prediction shape {pred.shape} and target shape "
                              f"{target.shape} differ")
         if target.dtype != pred.dtype:
             target = target.astype(pred.dtype)
-        return F.mse_loss(pred, target)
+        loss, grad = F.mse_loss(pred, target)
+        return float(loss), grad
 
-    def prepare_targets(self, y, where="MSE"):
+    def prepare_targets(self, y: ArrayLike, where: str = "MSE") -> Array:
         y = np.asarray(y)
         if y.dtype.kind not in "f":
             y = y.astype(np.float32)
         return y
 
 
-def loss_from_config(config):
+def loss_from_config(config: Config) -> Loss:
     """Rebuild a loss from :meth:`Loss.to_config`."""
-    cls = _LOSSES.get(config.get("class")) if isinstance(config, dict) else None
-    if cls is None:
+    name = config.get("class") if isinstance(config, dict) else None
+    cls = _LOSSES.get(name) if isinstance(name, str) else None
+    kwargs = config.get("config", {})
+    if cls is None or not isinstance(kwargs, dict):
         raise ValueError(f"unknown loss config {config!r}")
-    return cls(**config.get("config", {}))
+    return cls(**kwargs)

@@ -3,7 +3,8 @@
 A training step allocates the same array sizes every time (activations, gradients,
 workspaces) and frees them again. glibc returns large freed blocks to the kernel (munmap,
 or trimming the top of the heap), so the next step faults every 4 KiB page back in: about
-a quarter of a LeNet-5 step at batch 64 (1 ms of 4; see "Profiling" in README.md).
+a quarter of a LeNet-5 step at batch 64 (1 ms of 4; see "The memory pool" in the user guide,
+docs/user_guide/memory.md).
 :class:`memory_pool` installs a caching allocator as NumPy's data allocator (NEP 49,
 ``PyDataMem_SetHandler``) for the duration of a ``with`` block: a freed block of a size is
 kept and handed to the next array of the same size, as PyTorch's caching allocator does
@@ -11,12 +12,15 @@ for GPU memory. :class:`cnncore.Trainer` uses one in ``fit``, ``evaluate`` and `
 """
 
 import operator
+from types import TracebackType
+from typing import Any, Dict, Optional, Type
 
 import numpy as np
 
 from ._kernels._memory import PoolHandler
 
-_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+_multiarray: Any = getattr(np, "_core", None) or getattr(np, "core")
+_multiarray = _multiarray.multiarray
 
 __all__ = ["memory_pool", "pool_active", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_BYTES"]
 
@@ -29,12 +33,12 @@ DEFAULT_MIN_BYTES = 16 << 10
 _HANDLER_NAME = "cnncore_pool"  # what NumPy's get_handler_name() reports for our pools
 
 
-def pool_active():
+def pool_active() -> bool:
     """True when a :class:`memory_pool` is NumPy's allocator in the current context."""
-    return _multiarray.get_handler_name() == _HANDLER_NAME
+    return bool(_multiarray.get_handler_name() == _HANDLER_NAME)
 
 
-def _size(where, name, value):
+def _size(where: str, name: str, value: int) -> int:
     try:
         value = operator.index(value)
     except TypeError:
@@ -74,14 +78,15 @@ class memory_pool:
     2
     """
 
-    def __init__(self, max_bytes=DEFAULT_MAX_BYTES, min_bytes=DEFAULT_MIN_BYTES):
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES,
+                 min_bytes: int = DEFAULT_MIN_BYTES) -> None:
         self.max_bytes = _size("memory_pool", "max_bytes", max_bytes)
         self.min_bytes = _size("memory_pool", "min_bytes", min_bytes)
-        self._handler = None
-        self._previous = None
-        self._stats = None
+        self._handler: Optional[PoolHandler] = None
+        self._previous: object = None
+        self._stats: Optional[Dict[str, int]] = None
 
-    def __enter__(self):
+    def __enter__(self) -> "memory_pool":
         if self._handler is not None:
             raise RuntimeError("memory_pool: this pool is already in use; create another "
                                "memory_pool() for a nested or concurrent block")
@@ -89,14 +94,16 @@ class memory_pool:
         self._previous = self._handler.activate()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
         handler, self._handler = self._handler, None
+        if handler is None:
+            raise RuntimeError("memory_pool: __exit__ without __enter__")
         self._stats = handler.stats()
         handler.deactivate(self._previous)
         self._previous = None
-        return False
 
-    def stats(self):
+    def stats(self) -> Dict[str, int]:
         """Counters of the current (or the last finished) ``with`` block.
 
         Returns
@@ -108,13 +115,13 @@ class memory_pool:
             ``cached_bytes`` (now, or at exit), ``size_classes``.
         """
         if self._handler is not None:
-            return self._handler.stats()
+            return dict(self._handler.stats())
         if self._stats is None:
             return {"hits": 0, "misses": 0, "releases": 0, "cached_bytes": 0,
                     "size_classes": 0}
         return dict(self._stats)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "active" if self._handler is not None else "inactive"
         return (f"memory_pool(max_bytes={self.max_bytes}, min_bytes={self.min_bytes}) "
                 f"[{state}]")

@@ -12,17 +12,23 @@ from 0): ``schedule(t) -> lr``. Use them with
 """
 
 import math
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
+
+from ._typing import Array, Config, FloatArray
+
+if TYPE_CHECKING:
+    from .layers.base import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "optimizer_from_config",
            "Schedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_config"]
 
-_OPTIMIZERS = {}
-_SCHEDULES = {}
+_OPTIMIZERS: Dict[str, Type["Optimizer"]] = {}
+_SCHEDULES: Dict[str, Type["Schedule"]] = {}
 
 
-def _check_nonneg(value, name, where):
+def _check_nonneg(value: float, name: str, where: str) -> float:
     value = float(value)
     if not value >= 0.0:
         raise ValueError(f"{where}: {name} must be >= 0, got {value}")
@@ -40,19 +46,19 @@ class Optimizer:
         Learning rate (``self.lr``; a LearningRateScheduler callback overwrites it).
     """
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _OPTIMIZERS[cls.__name__] = cls
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Iterable["Parameter"], lr: float) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimise")
         self.lr = _check_nonneg(lr, "lr", type(self).__name__)
         self.step_count = 0
-        self._state = {}  # slot name -> list of arrays, one per parameter
+        self._state: Dict[str, List[FloatArray]] = {}  # slot -> one array per parameter
 
-    def _slot(self, name):
+    def _slot(self, name: str) -> List[FloatArray]:
         """Per-parameter zero buffers (created on first use)."""
         bufs = self._state.get(name)
         if bufs is None:
@@ -60,20 +66,23 @@ class Optimizer:
             self._state[name] = bufs
         return bufs
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every parameter's ``grad`` to zero."""
         for p in self.params:
             p.grad.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update to every parameter from its ``grad``."""
         self.step_count += 1
         self._update()
+        for p in self.params:  # an _update may write through views (p.data[...] = ...)
+            p.mark_changed()
 
-    def _update(self):
+    def _update(self) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Array]:
         """``{name: ndarray}``: ``step``, ``lr`` and the per-parameter buffers
         ``<slot>.<index>`` (copies)."""
         out = {"step": np.array(self.step_count, dtype=np.int64),
@@ -83,13 +92,13 @@ class Optimizer:
                 out[f"{slot}.{i}"] = b.copy()
         return out
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
         """Restore :meth:`state_dict` output; buffer shapes must match the parameters."""
         where = f"{type(self).__name__}.load_state_dict"
         for key in ("step", "lr"):
             if key not in state:
                 raise ValueError(f"{where}: missing {key!r}")
-        slots = {}
+        slots: Dict[str, List[Optional[Array]]] = {}
         for key, value in state.items():
             if key in ("step", "lr"):
                 continue
@@ -114,13 +123,14 @@ class Optimizer:
                               for b, p in zip(bufs, self.params)]
                        for slot, bufs in slots.items()}
 
-    def get_config(self):
+    def get_config(self) -> Config:
+        """Keyword arguments that rebuild this optimiser (with the parameters)."""
         return {"lr": self.lr}
 
-    def to_config(self):
+    def to_config(self) -> Config:
         return {"class": type(self).__name__, "config": self.get_config()}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
@@ -130,7 +140,8 @@ class SGD(Optimizer):
     PyTorch's rule: ``g = grad + wd * w``; ``v = momentum * v + g`` (``v = g`` at the first
     step); ``d = g + momentum * v`` (Nesterov) or ``v``; ``w -= lr * d``."""
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params: Iterable["Parameter"], lr: float = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         self.momentum = _check_nonneg(momentum, "momentum", "SGD")
         self.weight_decay = _check_nonneg(weight_decay, "weight_decay", "SGD")
@@ -138,9 +149,9 @@ class SGD(Optimizer):
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
 
-    def _update(self):
+    def _update(self) -> None:
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
-        bufs = self._slot("momentum") if mu else None
+        bufs = self._slot("momentum") if mu else []
         first = self.step_count == 1
         for i, p in enumerate(self.params):
             g = p.grad
@@ -158,7 +169,7 @@ class SGD(Optimizer):
                 d = g
             p.data -= lr * d
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
@@ -169,7 +180,9 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Iterable["Parameter"], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         name = type(self).__name__
         b1, b2 = (float(b) for b in betas)
@@ -179,7 +192,7 @@ class Adam(Optimizer):
         self.eps = _check_nonneg(eps, "eps", name)
         self.weight_decay = _check_nonneg(weight_decay, "weight_decay", name)
 
-    def _update(self):
+    def _update(self) -> None:
         lr, (b1, b2), eps, wd = self.lr, self.betas, self.eps, self.weight_decay
         t = self.step_count
         m_all, v_all = self._slot("exp_avg"), self._slot("exp_avg_sq")
@@ -203,7 +216,7 @@ class Adam(Optimizer):
             denom += eps
             p.data -= step_size * (m / denom)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
@@ -214,16 +227,25 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: Iterable["Parameter"], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-def optimizer_from_config(config, params):
+def optimizer_from_config(config: Config, params: Iterable["Parameter"]) -> Optimizer:
     """Rebuild an optimiser for ``params`` from :meth:`Optimizer.to_config`."""
-    cls = _OPTIMIZERS.get(config.get("class")) if isinstance(config, dict) else None
-    if cls is None:
-        raise ValueError(f"unknown optimiser config {config!r}")
-    return cls(params, **config.get("config", {}))
+    cls, kwargs = _from_config(_OPTIMIZERS, config, "optimiser")
+    return cls(params, **kwargs)
+
+
+def _from_config(registry: Mapping[str, Any], config: Config, what: str) -> Tuple[Any, Dict[str, Any]]:
+    name = config.get("class") if isinstance(config, dict) else None
+    cls = registry.get(name) if isinstance(name, str) else None
+    kwargs = config.get("config", {}) if isinstance(config, dict) else None
+    if cls is None or not isinstance(kwargs, dict):
+        raise ValueError(f"unknown {what} config {config!r}")
+    return cls, kwargs
 
 
 # ============================================================================ schedules
@@ -231,26 +253,28 @@ def optimizer_from_config(config, params):
 class Schedule:
     """A learning rate as a function of a step counter ``t = 0, 1, 2, ...``."""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _SCHEDULES[cls.__name__] = cls
 
-    def __call__(self, t):
+    def __call__(self, t: int) -> float:
         t = int(t)
         if t < 0:
             raise ValueError(f"{type(self).__name__}: step must be >= 0, got {t}")
         return float(self.lr_at(t))
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
+        """The learning rate at step ``t >= 0``."""
         raise NotImplementedError
 
-    def get_config(self):
+    def get_config(self) -> Config:
+        """Keyword arguments that rebuild this schedule."""
         return {}
 
-    def to_config(self):
+    def to_config(self) -> Config:
         return {"class": type(self).__name__, "config": self.get_config()}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
@@ -258,29 +282,29 @@ class Schedule:
 class ConstantLR(Schedule):
     """``lr`` at every step."""
 
-    def __init__(self, lr):
+    def __init__(self, lr: float) -> None:
         self.lr = _check_nonneg(lr, "lr", "ConstantLR")
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         return self.lr
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"lr": self.lr}
 
 
 class StepLR(Schedule):
     """``lr * gamma ** (t // step_size)``."""
 
-    def __init__(self, lr, step_size, gamma=0.1):
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
         self.lr = _check_nonneg(lr, "lr", "StepLR")
         if int(step_size) < 1:
             raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
         self.step_size, self.gamma = int(step_size), float(gamma)
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         return self.lr * self.gamma ** (t // self.step_size)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -288,18 +312,18 @@ class CosineLR(Schedule):
     """Cosine decay from ``lr`` at ``t = 0`` to ``min_lr`` at ``t = total`` (and after):
     ``min_lr + (lr - min_lr) * (1 + cos(pi * t / total)) / 2``."""
 
-    def __init__(self, lr, total, min_lr=0.0):
+    def __init__(self, lr: float, total: int, min_lr: float = 0.0) -> None:
         self.lr = _check_nonneg(lr, "lr", "CosineLR")
         self.min_lr = _check_nonneg(min_lr, "min_lr", "CosineLR")
         if int(total) < 1:
             raise ValueError(f"CosineLR: total must be >= 1, got {total}")
         self.total = int(total)
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         t = min(t, self.total)
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / self.total))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"lr": self.lr, "total": self.total, "min_lr": self.min_lr}
 
 
@@ -308,7 +332,7 @@ class WarmupLR(Schedule):
     ``after(0) * (t + 1) / (warmup + 1)`` for ``t < warmup``, ``after(t - warmup)`` from then on.
     """
 
-    def __init__(self, warmup, after):
+    def __init__(self, warmup: int, after: Union["Schedule", float, Config]) -> None:
         if int(warmup) < 0:
             raise ValueError(f"WarmupLR: warmup must be >= 0, got {warmup}")
         if isinstance(after, dict):
@@ -319,17 +343,16 @@ class WarmupLR(Schedule):
             raise TypeError(f"WarmupLR: after must be a Schedule or a float, got {after!r}")
         self.warmup, self.after = int(warmup), after
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         if t < self.warmup:
             return self.after(0) * (t + 1) / (self.warmup + 1)
         return self.after(t - self.warmup)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"warmup": self.warmup, "after": self.after.to_config()}
 
 
-def schedule_from_config(config):
-    cls = _SCHEDULES.get(config.get("class")) if isinstance(config, dict) else None
-    if cls is None:
-        raise ValueError(f"unknown schedule config {config!r}")
-    return cls(**config.get("config", {}))
+def schedule_from_config(config: Config) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.to_config`."""
+    cls, kwargs = _from_config(_SCHEDULES, config, "schedule")
+    return cls(**kwargs)

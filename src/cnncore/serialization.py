@@ -22,10 +22,19 @@ import os
 import tempfile
 import zipfile
 
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Union
+
 import numpy as np
 
+from ._typing import Array, Config, ConfigValue
 from ._version import __version__
 from .layers.base import layer_from_config, register_model_function
+
+if TYPE_CHECKING:
+    from .layers.base import Layer
+    from .optim import Optimizer
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["FORMAT_VERSION", "save", "load", "load_checkpoint", "Checkpoint", "atomic_savez"]
 
@@ -33,11 +42,11 @@ FORMAT_VERSION = 1
 _MAGIC = "cnncore-model"
 
 
-def _json_array(obj):
+def _json_array(obj: ConfigValue) -> Array:
     return np.array(json.dumps(obj, sort_keys=True))
 
 
-def atomic_savez(path, arrays):
+def atomic_savez(path: PathLike, arrays: Mapping[str, Array]) -> None:
     """Write ``arrays`` (a dict of ndarrays) to ``path`` with :func:`numpy.savez` via a temporary
     file in the same directory and :func:`os.replace`: ``path`` either keeps its old content or
     gets the complete new one; no partial file is left behind when writing fails."""
@@ -47,7 +56,7 @@ def atomic_savez(path, arrays):
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # (numpy stubs: allow_pickle)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,14 +68,14 @@ def atomic_savez(path, arrays):
         raise
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def _model_arrays(model):
-    arrays = {
+def _model_arrays(model: "Layer") -> Dict[str, Array]:
+    arrays: Dict[str, Array] = {
         "__format__": np.array(_MAGIC),
         "__version__": np.array(FORMAT_VERSION, dtype=np.int64),
         "__cnncore_version__": np.array(__version__),
@@ -80,7 +89,8 @@ def _model_arrays(model):
     return arrays
 
 
-def save(path, model, optimizer=None, trainer_state=None):
+def save(path: PathLike, model: "Layer", optimizer: Optional["Optimizer"] = None,
+         trainer_state: Optional[Config] = None) -> None:
     """Save ``model`` (architecture, parameters, buffers) to the ``.npz`` file ``path``.
 
     Parameters
@@ -107,20 +117,22 @@ class Checkpoint:
     """Everything read from a file: ``model``, ``optimizer_config`` / ``optimizer_state``
     (None if not saved), ``trainer_state`` (None if not saved), ``format_version``."""
 
-    def __init__(self, model, optimizer_config, optimizer_state, trainer_state, format_version):
+    def __init__(self, model: "Layer", optimizer_config: Optional[Config],
+                 optimizer_state: Optional[Dict[str, Array]], trainer_state: Optional[Config],
+                 format_version: int) -> None:
         self.model = model
         self.optimizer_config = optimizer_config
         self.optimizer_state = optimizer_state
         self.trainer_state = trainer_state
         self.format_version = format_version
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Checkpoint(model={type(self.model).__name__}, optimizer="
                 f"{None if self.optimizer_config is None else self.optimizer_config['class']}, "
                 f"trainer_state={self.trainer_state is not None})")
 
 
-def _read_arrays(path):
+def _read_arrays(path: PathLike) -> Dict[str, Array]:
     name = os.fspath(path)
     if not os.path.exists(name):
         raise FileNotFoundError(f"{name}: no such file")
@@ -138,7 +150,7 @@ def _read_arrays(path):
         raise ValueError(f"{name}: corrupt cnncore model file ({type(e).__name__}: {e})") from e
 
 
-def _text(arrays, key, name):
+def _text(arrays: Mapping[str, Array], key: str, name: str) -> str:
     try:
         value = arrays[key]
     except KeyError:
@@ -150,14 +162,18 @@ def _text(arrays, key, name):
     return str(value[()])
 
 
-def _json(arrays, key, name):
+def _json(arrays: Mapping[str, Array], key: str, name: str) -> Config:
     try:
-        return json.loads(_text(arrays, key, name))
+        value = json.loads(_text(arrays, key, name))
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: entry {key!r} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: entry {key!r} should be a JSON object, got "
+                         f"{type(value).__name__}")
+    return value
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: PathLike) -> Checkpoint:
     """Read a file written by :func:`save` (or ``Trainer.save_checkpoint``).
 
     Returns
@@ -176,10 +192,11 @@ def load_checkpoint(path):
     magic = arrays.get("__format__")
     if magic is None or magic.dtype.kind != "U" or str(magic[()]) != _MAGIC:
         raise ValueError(f"{name}: not a cnncore model file (no '__format__' = {_MAGIC!r} entry)")
-    version = arrays.get("__version__")
-    if version is None or version.shape != () or version.dtype.kind not in "iu":
+    stored_version = arrays.get("__version__")
+    if (stored_version is None or stored_version.shape != ()
+            or stored_version.dtype.kind not in "iu"):
         raise ValueError(f"{name}: missing or invalid format version")
-    version = int(version)
+    version = int(stored_version)
     if version > FORMAT_VERSION:
         written_by = arrays.get("__cnncore_version__")
         by = f" (written by cnncore {written_by[()]})" if written_by is not None else ""
@@ -194,7 +211,7 @@ def load_checkpoint(path):
         model = layer_from_config(arch)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{name}: cannot rebuild the architecture ({e})") from e
-    state = {}
+    state: Dict[str, Array] = {}
     for key, value in arrays.items():
         for prefix in ("param/", "buffer/"):
             if key.startswith(prefix):
@@ -205,7 +222,9 @@ def load_checkpoint(path):
     except (KeyError, TypeError) as e:
         raise ValueError(f"{name}: invalid layer state ({e})") from e
     model.eval()
-    opt_config = opt_state = trainer_state = None
+    opt_config: Optional[Config] = None
+    opt_state: Optional[Dict[str, Array]] = None
+    trainer_state: Optional[Config] = None
     if "__optimizer__" in arrays:
         opt_config = _json(arrays, "__optimizer__", name)
         opt_state = {k[len("optimizer/"):]: v for k, v in arrays.items()
@@ -215,7 +234,7 @@ def load_checkpoint(path):
     return Checkpoint(model, opt_config, opt_state, trainer_state, version)
 
 
-def load(path):
+def load(path: PathLike) -> "Layer":
     """Rebuild the model saved in ``path`` by :func:`save` / ``model.save``.
 
     The model is returned in eval mode (call ``model.train()`` to train it further); its

@@ -1,9 +1,13 @@
 """Look inside a model: its first-layer filters and the feature maps of one input.
 
->>> from cnncore import viz
->>> viz.plot_filters(model, "filters.png")              # every first-layer kernel
->>> viz.plot_feature_maps(model, x_test[0], "maps.png")  # activations of one image
->>> maps = viz.feature_maps(model, x_test[0])            # {layer name: (C, H, W) array}
+>>> import numpy as np
+>>> from cnncore import lenet5, viz
+>>> model, x = lenet5(seed=0), np.zeros((1, 28, 28), np.float32)
+>>> viz.plot_filters(model, "filters.png")        # every first-layer kernel  # doctest: +SKIP
+>>> viz.plot_feature_maps(model, x, "maps.png")   # activations of one image  # doctest: +SKIP
+>>> maps = viz.feature_maps(model, x)             # {layer name: (C, H, W) array}
+>>> maps["1"].shape                               # after the first ReLU
+(6, 28, 28)
 
 Needs matplotlib (``pip install cnncore[plot]``); PNGs are written with the Agg backend, so
 no display is needed. Layer names are the dotted names of ``model.named_layers()``: ``"1"``

@@ -21,8 +21,9 @@ cache_dir(name)
 ChecksumError, DownloadError
     Raised for bad downloads (a ValueError) and unreachable sources (an OSError).
 
-This subpackage imports only numpy and the standard library (tqdm, if
-installed, draws the download progress bar).
+Importing this subpackage loads only numpy and the standard library; the
+downloads use pooch (imported on first use; tqdm, if installed, draws the
+progress bar).
 """
 
 from ._digits import load_digits

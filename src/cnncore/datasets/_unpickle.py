@@ -24,10 +24,8 @@ __all__ = ["NumpyUnpickler", "restricted_load", "restricted_loads"]
 def _allowed_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
     import numpy as np
 
-    try:  # numpy >= 2
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
+    multiarray: Any = getattr(np, "_core", None) or getattr(np, "core")  # numpy >= 2 / 1.x
+    multiarray = multiarray.multiarray
     allowed: Dict[Tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,

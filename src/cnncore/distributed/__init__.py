@@ -3,7 +3,7 @@
 ``Trainer(model, loss, optimizer, distributed="mpi")`` and launch every rank with the same
 script: ``mpiexec -n 4 python train.py``. Each rank computes its contiguous slice of every
 global batch; the gradients are summed over the ranks before each optimiser step, so all
-ranks keep the same weights. See docs/distributed.md.
+ranks keep the same weights. See docs/user_guide/distributed.md.
 
 mpi4py is imported only when a communicator is made (``pip install "cnncore[mpi]"``).
 

@@ -14,7 +14,7 @@ __all__ = ["Communicator", "get_communicator", "install_abort_hook", "shard_boun
 
 _MPI_HINT = ('distributed training needs mpi4py and an MPI library: pip install "cnncore[mpi]" '
              "(mpi4py + the mpich wheel), or build mpi4py against the cluster's MPI "
-             "(see docs/distributed.md)")
+             "(see docs/user_guide/distributed.md)")
 
 
 def _mpi():

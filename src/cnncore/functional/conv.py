@@ -128,24 +128,92 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, n_th
                          n_threads)
 
 
-def _winograd_conv(x, weight, bias, out_hw, padding, n_threads):
-    """3x3 stride-1 convolution by Winograd F(2x2, 3x3) (see _kernels/winograd.pyx)."""
+class WinogradWeights:
+    """Winograd transforms of one weight array, kept between calls (see Conv2d, which keeps
+    one per layer in eval mode): valid while ``token`` is the value given when they were
+    made. The owner passes a token that changes whenever the weights may have changed
+    (Conv2d: the weight Parameter's ``version``); a different token, shape or dtype drops
+    every kept transform."""
+
+    __slots__ = ("token", "_kept")
+
+    def __init__(self):
+        self.token = None
+        self._kept = {}
+
+    def get(self, name, token, weight, make):
+        """The transform ``name`` of ``weight`` kept under ``token``, or ``make()`` kept."""
+        key = (name, weight.shape, weight.dtype)
+        if token is None or token != self.token:
+            self._kept.clear()
+            self.token = token
+        u = self._kept.get(key)
+        if u is None:
+            u = make()
+            if token is not None:
+                self._kept[key] = u
+        return u
+
+    def clear(self):
+        self.token = None
+        self._kept.clear()
+
+
+def _winograd_u(weight, n_threads, cache, token):
+    """U (16, C_out, C_in) of ``weight``: kept by ``cache`` if given, else in scratch."""
+    def make(new=np.empty if cache is not None else None):
+        shape = (16, *weight.shape[:2])
+        u = new(shape, weight.dtype) if new else _scratch_array("winograd_u", shape,
+                                                                 weight.dtype)
+        _winograd.transform_weights(weight, u, n_threads)
+        return u
+    return make() if cache is None else cache.get("u", token, weight, make)
+
+
+def _winograd_u_dx(weight, n_threads, cache, token):
+    """U of the input gradient's convolution (flipped kernel, channels swapped), from U."""
+    def make(new=np.empty if cache is not None else None):
+        u = _winograd_u(weight, n_threads, cache, token)
+        shape = (16, weight.shape[1], weight.shape[0])
+        u_dx = new(shape, weight.dtype) if new else _scratch_array("winograd_u_dx", shape,
+                                                                    weight.dtype)
+        _winograd.transform_for_input_grad(u, u_dx, n_threads)
+        return u_dx
+    return make() if cache is None else cache.get("u_dx", token, weight, make)
+
+
+def _winograd_scratch(tasks, c, c_out, out_hw, nb, n_threads, dtype):
+    """Per-thread scratch and the shared block buffers: empty unless there are fewer
+    ``tasks`` (blocks or chunks) than threads; then the work of each is split over the
+    threads (same results, see _kernels/winograd.pyx)."""
+    split = tasks < n_threads
+    work = _scratch_array(
+        "winograd", (n_threads, _winograd.work_size(c, c_out, *out_hw, nb, split)), dtype)
+    shared = _scratch_array(
+        "winograd_shared", (_winograd.block_size(c, c_out, *out_hw, nb) if split else 0,), dtype)
+    return work, shared
+
+
+def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, token=None,
+                   u=None):
+    """3x3 stride-1 convolution by Winograd F(2x2, 3x3) (see _kernels/winograd.pyx), with
+    the transformed weights ``u`` if given (then only ``weight.shape`` is read), else those
+    of ``weight`` (kept in ``cache`` under ``token`` if given, see WinogradWeights)."""
     n, c = x.shape[:2]
     c_out = weight.shape[0]
+    if u is None:
+        u = _winograd_u(weight, n_threads, cache, token)
     nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES)
-    n_threads = min(n_threads, -(-n // nb))
-    u = _scratch_array("winograd_u", (16, c_out, c), x.dtype)
-    _winograd.transform_weights(weight, u, n_threads)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
-    work = _scratch_array(
-        "winograd", (n_threads, _winograd.work_size(c, c_out, *out_hw, nb)), x.dtype)
+    work, shared = _winograd_scratch(-(-n // nb), c, c_out, out_hw, nb, n_threads, x.dtype)
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
     with _one_blas_thread():
-        _winograd.forward(x, u, b, y, work, *padding, nb, n_threads)
+        _winograd.forward(x, u, b, y, work, shared, *padding, nb, n_threads)
     return y
 
 
-def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x):
+def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cache=None,
+                       token=None):
     """Input (None unless ``need_grad_x``) and weight gradients of a convolution that
     :func:`planner.use_winograd` accepts."""
     n, c = x.shape[:2]
@@ -155,12 +223,12 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x):
     # Fixed batch chunks of the transformed weight gradient, as in _conv_backward.
     n_chunks = max(1, min(-(-n // nb), planner._MAX_DW_CHUNKS,
                           planner._DW_CHUNK_BYTES // (16 * c_out * c * x.itemsize)))
-    threads = min(n_threads, n_chunks)
     du_part = _scratch_array("winograd_du", (n_chunks, 16, c_out, c), x.dtype)
-    work = _scratch_array(
-        "winograd", (threads, _winograd.backward_work_size(c, c_out, *out_hw, nb)), x.dtype)
+    work, shared = _winograd_scratch(n_chunks, c, c_out, out_hw, nb, n_threads, x.dtype)
+    threads = min(n_threads, n_chunks) if len(shared) == 0 else n_threads
     with _one_blas_thread():
-        _winograd.weight_grad(x, grad_out, du_part, work, *padding, nb, threads)
+        _winograd.weight_grad(x, grad_out, du_part, work[:threads], shared, *padding, nb,
+                              threads)
     du = du_part[0]
     if n_chunks > 1:
         du = np.empty((16, c_out, c), dtype=x.dtype)
@@ -171,32 +239,34 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x):
         return None, grad_weight
     # dx = full correlation of dy with the flipped kernel, channels swapped: a 3x3
     # stride-1 convolution with padding 2 - p, whose output has the size of x.
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    grad_x = _winograd_conv(grad_out, flipped, None, x.shape[2:],
-                            (2 - padding[0], 2 - padding[1]), n_threads)
+    # Its transformed weights come from U (_winograd_u_dx); positional arguments only, as
+    # the tests' spies on _winograd_conv expect.
+    grad_x = _winograd_conv(grad_out, weight.transpose(1, 0, 2, 3), None, x.shape[2:],
+                            (2 - padding[0], 2 - padding[1]), n_threads, None, None,
+                            _winograd_u_dx(weight, n_threads, cache, token))
     return grad_x, grad_weight
 
 
 def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
-                  one_d=False):
+                  one_d=False, cache=None, token=None):
     x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                            groups, bias=bias, one_d=one_d)
     n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
-    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw)
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, n=n, kept=cache is not None)
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
     if algorithm == "direct":
         tasks = n * c_out
     elif algorithm == "winograd":
         check_blas_size(where, *geo.whole_blas_sizes)
-        tasks = n
+        tasks = 16 * n  # 16 GEMMs per block of samples to share out
     else:
         rows, n_tiles, k_parts, _ = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
                                                x.itemsize)
         tasks = n * n_tiles * k_parts
     n_threads = _threads(n_threads, where, tasks, flops)
     if n and algorithm == "winograd":
-        return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads)
+        return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads, cache, token)
     y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
     if n == 0:
         return y
@@ -235,13 +305,13 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 
 
 def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups, n_threads,
-                   one_d=False, need_grad_x=True):
+                   one_d=False, need_grad_x=True, cache=None, token=None):
     x, weight, _, grad_out, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                                groups, grad_out=grad_out, one_d=one_d)
     n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
     k_g = cg * kh * kw
-    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True)
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True, n=n)
     direct = algorithm == "direct"
     p = geo.out_hw[0] * geo.out_hw[1]
     flops = 4 * n * c_out * p * k_g
@@ -249,7 +319,7 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         tasks = n * c
     elif algorithm == "winograd":
         check_blas_size(where, *geo.whole_blas_sizes)
-        tasks = planner.dw_chunks(n, c_out, k_g, x.itemsize)
+        tasks = 16 * n  # Winograd: 16 GEMMs a block of samples
     else:
         rows, n_tiles, _, dx_blocks = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
                                                  x.itemsize)
@@ -264,8 +334,8 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
                 np.zeros_like(grad_bias))
     _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
     if algorithm == "winograd":
-        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x),
-                grad_bias)
+        return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x,
+                                    cache, token), grad_bias)
     grad_x = np.empty_like(x) if need_grad_x else None
     # Without grad_x the kernels get a 1-element stand-in they never write.
     dx = grad_x if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)

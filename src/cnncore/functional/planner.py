@@ -5,7 +5,7 @@ count, so results do not depend on it), one of:
 
 ``'winograd'``
     Winograd F(2x2, 3x3) (``_kernels/winograd.pyx``) for 3x3 stride-1 undilated ungrouped
-    convolutions with enough channels;
+    convolutions with enough channels and enough 2x2 output tiles in the batch;
 ``'direct'``
     the direct kernels (``_kernels/conv_direct.pyx``) for depthwise-like convolutions (one
     input channel per group: there is no GEMM worth the name);
@@ -47,6 +47,25 @@ _WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_MIN_CHANNELS_BACKWARD = 32
 _WINOGRAD_MIN_TILES = 64
 _WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tiles
+# ... and enough 2x2 output tiles in the whole batch (N * ceil(Ho/2) * ceil(Wo/2)): with
+# few tiles its 16 GEMMs are matrix-vector products that read U (16 * C_out * C_in, 16/9
+# of the weight) for little work, and the weight transform costs as much as they do, where
+# im2col's single (C_out x 9 C_in) @ (9 C_in x Ho Wo) GEMM reads the weight once. Measured
+# side by side (float32, 1 thread, CPU time, median; Winograd / im2col time; pad 1):
+#   forward   tiles  4: 3.2 (512@4, N=1)       8: 2.0 (512@4, N=2)
+#             tiles 16: 1.28 (256@8, N=1), 1.93 (512@7)
+#             tiles 32: 0.97 (256@8, N=2), 1.23 (512@7, N=2), 0.87 (512@4, N=8)
+#             tiles 49: 0.91 (256@14)      64: 0.79 (128@16)    >= 98: 0.48-0.78
+#   backward  tiles 16: 1.75, 2.37   32: 1.07, 1.32, 0.60   49: 1.16 (256@14)
+#             tiles 64: 0.88 (128@16)   >= 98: 0.60-0.82
+#   forward with the transformed weights kept (eval-mode Conv2d, see conv.WinogradWeights):
+#             tiles  4: 1.68   8: 1.07   16: 0.98 (256@8), 1.04 (512@7), 0.56 (128@8),
+#             0.67 (64@8), 1.01 (64@4, N=4)   32: 0.53-0.82
+# The rule depends on the shapes only, never on the thread count (the 2-thread runs, on a
+# machine shared with other jobs, were too noisy to move the crossover either way).
+_WINOGRAD_MIN_BATCH_TILES = 48
+_WINOGRAD_MIN_BATCH_TILES_KEPT = 16
+_WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
 
 
 def transposed_dw_cols(k_g, p, pointwise):
@@ -61,12 +80,16 @@ def transposed_dw_cols(k_g, p, pointwise):
 
 
 
-def use_winograd(geo, c_in, c_out, kh, kw, min_channels):
+def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
-    padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p)."""
+    padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p), at
+    least ``min_channels`` in and out and, unless ``n`` is None, ``min_tiles`` 2x2 output
+    tiles in a batch of ``n``."""
     return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and geo.groups == 1 and max(geo.padding) <= 2
-            and min(c_in, c_out) >= min_channels)
+            and min(c_in, c_out) >= min_channels
+            and (n is None or n * ((geo.out_hw[0] + 1) // 2) * ((geo.out_hw[1] + 1) // 2)
+                 >= min_tiles))
 
 
 def winograd_block(n, out_hw, min_tiles):
@@ -81,13 +104,20 @@ def is_pointwise(geo, kh, kw):
     return (kh, kw, *geo.stride, *geo.padding) == (1, 1, 1, 1, 0, 0)
 
 
-def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False):
+def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False, n=None, kept=False):
     """``'winograd'``, ``'direct'``, ``'pointwise'`` or ``'im2col'`` for a convolution with
-    geometry ``geo`` (see the module docstring)."""
+    geometry ``geo`` on a batch of ``n`` (None: large enough for any algorithm), the
+    gradients if ``backward``; ``kept``: the caller keeps the Winograd weight transforms
+    between calls (see the module docstring)."""
     if geo.groups > 1 and c_in == geo.groups:
         return "direct"
-    if use_winograd(geo, c_in, c_out, kh, kw, _WINOGRAD_MIN_CHANNELS_BACKWARD if backward
-                    else _WINOGRAD_MIN_CHANNELS):
+    if backward:
+        min_channels, min_tiles = (_WINOGRAD_MIN_CHANNELS_BACKWARD,
+                                   _WINOGRAD_MIN_BATCH_TILES_BACKWARD)
+    else:
+        min_channels = _WINOGRAD_MIN_CHANNELS
+        min_tiles = _WINOGRAD_MIN_BATCH_TILES_KEPT if kept else _WINOGRAD_MIN_BATCH_TILES
+    if use_winograd(geo, c_in, c_out, kh, kw, min_channels, n, min_tiles):
         return "winograd"
     return "pointwise" if is_pointwise(geo, kh, kw) else "im2col"
 

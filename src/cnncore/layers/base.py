@@ -7,11 +7,14 @@ gradients into ``Parameter.grad`` (call ``zero_grad()`` between steps, as the Tr
 and returns the gradient with respect to the input.
 """
 
+import itertools
+
 import numpy as np
 
 __all__ = ["Parameter", "Layer", "layer_from_config", "register_layer"]
 
 _REGISTRY = {}
+_VERSIONS = itertools.count(1)  # Parameter versions: unique across all parameters
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,14 +79,42 @@ class Parameter:
         Same shape and dtype as ``data``; layers add their gradient into it.
     name : str
         The name inside its layer (``"weight"``, ``"bias"``, ...).
+    version : int
+        Changes whenever ``data`` may have changed (see :meth:`mark_changed`).
     """
 
-    __slots__ = ("data", "grad", "name")
+    __slots__ = ("_data", "grad", "name", "_version")
 
     def __init__(self, data, name):
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
         self.name = name
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        # also reached by in-place operators on the attribute: ``p.data -= lr * g``
+        self._data = value
+        self._version = next(_VERSIONS)
+
+    @property
+    def version(self):
+        """A number that changes whenever ``data`` may have changed, unique across all
+        parameters: on assignment to ``data`` (``p.data = a``, ``p.data -= d``), an
+        optimiser step, ``load_state_dict``, ``reset_parameters``, ``astype`` and
+        :meth:`mark_changed`. Layers key what they derive from ``data`` on it (Conv2d keeps
+        its Winograd weight transforms in eval mode while it is unchanged)."""
+        return self._version
+
+    def mark_changed(self):
+        """Call after writing into ``data`` through a view (``p.data[...] = a``,
+        ``np.copyto(p.data, a)``, ``p.data[0] *= 2``), which ``version`` cannot see, so
+        that layers drop what they derived from the old values (a layer's ``eval()`` or
+        ``train()`` drops it too)."""
+        self._version = next(_VERSIONS)
 
     @property
     def shape(self):
@@ -301,6 +332,7 @@ class Layer:
                 raise ValueError(f"{where}: parameter {name!r} has shape {arr.shape}, "
                                  f"the model expects {p.data.shape}")
             p.data[...] = arr
+            p.mark_changed()
         for name, (layer, bname) in buffers.items():
             arr = np.asarray(state[name])
             old = layer._buffers[bname]
@@ -414,9 +446,11 @@ class WeightedLayer(Layer):
         rng = as_generator(rng)
         self.weight.data[...] = get_initializer(self.weight_init)(self.weight.shape, rng,
                                                                   self._dtype)
+        self.weight.mark_changed()
         if self.bias is not None:
             self.bias.data[...] = get_initializer(self.bias_init)(self.bias.shape, rng,
                                                                   self._dtype)
+            self.bias.mark_changed()
 
 
 def as_generator(rng):

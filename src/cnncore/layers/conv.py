@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._args import conv_padding, out_size, pair
+from .._checks import check_given
 from .. import functional as F
 from .base import WeightedLayer, check_float_dtype, shape_str
 
@@ -135,24 +136,52 @@ class Conv2d(_ConvNd):
     ----------
     weight : Parameter ``(C_out, C_in // groups, kH, kW)``
     bias : Parameter ``(C_out,)`` or None
+
+    Notes
+    -----
+    In eval mode a layer that runs by Winograd keeps its transformed weights (16/9 the size
+    of the weight) between calls while ``weight.version`` is unchanged: assigning
+    ``weight.data``, an optimiser step, ``load_state_dict`` and ``reset_parameters`` change
+    it; after writing into ``weight.data`` through a view (``weight.data[...] = a``) call
+    ``weight.mark_changed()`` or ``eval()`` again. ``train()`` and ``eval()`` drop them; in
+    training mode nothing is kept.
     """
 
     _nd = 2
+    _transforms = None  # F.conv.WinogradWeights, made in eval mode
+
+    def train(self, mode=True):
+        self._transforms = None
+        return super().train(mode)
+
+    def _cache(self):
+        """(cache, token) for the functional calls: kept transforms in eval mode only."""
+        if self.training:
+            return None, None
+        if self._transforms is None:
+            self._transforms = F.conv.WinogradWeights()
+        return self._transforms, self.weight.version
 
     def forward(self, x):
         self._check_dtype(x)
         self._check_input(x.shape)
-        y = F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self._pad,
-                     self.dilation, self.groups)
+        cache, token = self._cache()
+        y = F.conv._conv_forward("conv2d", x, self.weight.data, self._bias_data(),
+                                 self.stride, self._pad, self.dilation, self.groups, None,
+                                 cache=cache, token=token)
         self._x = x
         return y
 
     def _backward(self, grad_out, need_grad_x):
         if self._x is None:
             raise self._backward_before_forward()
-        gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride,
-                                       self._pad, self.dilation, self.groups,
-                                       need_grad_x=need_grad_x)
+        check_given("conv2d_backward", "grad_out", grad_out)
+        cache, token = self._cache()
+        gx, gw, gb = F.conv._conv_backward("conv2d_backward", grad_out, self._x,
+                                           self.weight.data, self.stride, self._pad,
+                                           self.dilation, self.groups, None,
+                                           need_grad_x=need_grad_x, cache=cache,
+                                           token=token)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb

@@ -73,8 +73,10 @@ class FusedConv2d(_InferenceOnly, Conv2d):
     def forward(self, x):
         self._check_dtype(x)
         self._check_input(x.shape)
-        y = F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self._pad,
-                     self.dilation, self.groups)
+        cache, token = self._cache()  # Winograd transforms kept between calls
+        y = F.conv._conv_forward("conv2d", x, self.weight.data, self._bias_data(), self.stride,
+                                 self._pad, self.dilation, self.groups, None, cache=cache,
+                                 token=token)
         return _fnorm.relu_(y) if self.relu else y
 
     def get_config(self):
@@ -127,6 +129,8 @@ def fold_batch_norm(conv, bn, relu=False):
         shift = (b - bn.running_mean.astype(np.float64)) * a + bn.bias.data.astype(np.float64)
     fused.weight.data[...] = w * a.reshape(-1, 1, 1, 1)
     fused.bias.data[...] = shift
+    fused.weight.mark_changed()  # written through views: no kept transform may survive
+    fused.bias.mark_changed()
     return fused
 
 

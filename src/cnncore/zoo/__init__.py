@@ -1,10 +1,14 @@
 """Model zoo: the classic CNNs of the course material, each built in one line.
 
 >>> from cnncore import zoo
->>> model = zoo.resnet(18)                      # ImageNet ResNet-18, 11,689,512 parameters
->>> model.summary()                             # input 3x224x224, table of shapes and counts
+>>> from cnncore.model import count_parameters
+>>> model = zoo.resnet(18)                      # ImageNet ResNet-18: 3x224x224 -> 1000
+>>> count_parameters(model)                     # model.summary() prints them layer by layer
+11689512
 >>> small = zoo.resnet(18, variant="cifar")     # 3x32x32 inputs, 10 classes
->>> zoo.get_model("vgg16_bn", variant="cifar")  # by name, as torchvision spells it
+>>> small.input_shape
+(3, 32, 32)
+>>> vgg = zoo.get_model("vgg16_bn", variant="cifar")  # by name, as torchvision spells it
 
 Builders: :func:`lenet5`, :func:`alexnet`, :func:`vgg`, :func:`resnet`, :func:`densenet`
 (see :mod:`cnncore.zoo.models` for the variants and the common arguments), plus
