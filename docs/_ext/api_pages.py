@@ -29,6 +29,7 @@ MODULES = [
     ("cnncore.datasets", "Data sets"),
     ("cnncore.zoo", "The model zoo"),
     ("cnncore.interop", "PyTorch interop"),
+    ("cnncore.onnx", "ONNX export and import"),
     ("cnncore.viz", "Filters and feature maps"),
     ("cnncore.bench", "The profiler"),
 ]

@@ -13,6 +13,7 @@ from ._config import get_num_threads, get_workspace_limit, set_num_threads, set_
 from ._info import config, show_config
 from ._version import __version__
 from . import callbacks, layers, losses, model, optim, serialization, trainer
+from . import onnx  # the onnx package itself is imported only when export/load run
 from .layers import Sequential
 from .memory import memory_pool
 from .model import lenet5, summary

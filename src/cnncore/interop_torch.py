@@ -299,3 +299,7 @@ def _residual(layer, ctx):
 def _concat(layer, ctx):
     from . import _torch_modules as M
     return M.Concat(ctx.children(layer), dim=layer.axis)
+
+
+# Graph, Add, Concatenate and the padding layers (issue 14) register their converters there.
+from . import interop_graph  # noqa: E402,F401

@@ -26,3 +26,7 @@ __all__ = [
     "Sequential", "Residual", "Concat",
     "fuse", "FusedConv2d", "FusedBatchNorm2d",
 ]
+
+from .graph import Add, Concatenate, Graph  # noqa: E402  (DAG models, issue 14)
+from .padding import ConstantPad2d, ZeroPad2d  # noqa: E402
+__all__ += ["Graph", "Add", "Concatenate", "ConstantPad2d", "ZeroPad2d"]
