@@ -166,8 +166,23 @@ def test_smoke_run_writes_json(tmp_path):
         assert res["summary"]["models"]["geomean_ratio"] > 0
 
 
+def test_run_case_onnxruntime_column():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    case = models.Case(models.NETWORKS[0], "infer", 3)
+    row = models.run_case(case, None, 1, warmup=0, repeats=1, budget=0, min_repeats=1,
+                          settle=0, use_ort=True)
+    assert set(row["times"]) == {"cnncore", "onnxruntime"}
+    assert row["ort_rel_error"] < 1e-5 and row["ratio_ort"] > 0
+    assert row["images_per_s"]["onnxruntime"] > 0
+    # training rows have no ONNX Runtime column
+    row = models.run_case(models.Case(models.NETWORKS[0], "train", 4), None, 1, warmup=0,
+                          repeats=1, budget=0, min_repeats=1, settle=0, use_ort=True)
+    assert "onnxruntime" not in row["times"] and "ratio_ort" not in row
+
+
 def test_smoke_run_without_torch(tmp_path):
-    stdout, res = _smoke(tmp_path, "--no-torch", "--models", "lenet5")
+    stdout, res = _smoke(tmp_path, "--no-torch", "--no-ort", "--models", "lenet5")
     assert "cnncore columns only" in stdout
     assert [r["name"] for r in res["models"]] == ["lenet5-infer-b1", "lenet5-train-b4"]
     assert all(set(r["times"]) == {"cnncore"} and r["check"] == "no torch"

@@ -77,6 +77,9 @@ def build_parser():
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="element type (default %(default)s); the peak follows it")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    p.add_argument("--no-ort", action="store_true",
+                   help="with --ops models: no ONNX Runtime column (default: on when onnx "
+                        "and onnxruntime are installed)")
     p.add_argument("--no-reference", action="store_true",
                    help="do not time the NumPy reference (it is slow on the big shapes)")
     p.add_argument("--no-memory-pool", action="store_true",
@@ -176,7 +179,7 @@ def settings_from_args(args, parser=None):
         scaling=bool(scaling), scaling_repeats=max(1, min(3, repeats)), gemm_n=gemm_n,
         mode=mode, mode_note=note, seed=args.seed, settle=0.0 if mode == "smoke" else 0.25,
         memory_pool=not args.no_memory_pool, models=model_names,
-        models_memory=args.models_memory,
+        models_memory=args.models_memory, use_ort=not args.no_ort,
         models_budget={"smoke": 0.0, "quick": 10.0, "full": 60.0}[mode],
         models_min_repeats=1 if mode == "smoke" else 3)
 

@@ -311,9 +311,24 @@ def time_budgeted(fn, warmup, repeats, budget, min_repeats=1, clock=time.perf_co
     return s, result
 
 
+def _time_ort(model, case, x, threads, warmup, repeats, budget, min_repeats, row):
+    """The ONNX Runtime column of an inference case: the model exported by
+    :func:`cnncore.onnx.export`, run at ``intra_op_num_threads=threads``; its output is
+    checked against cnncore's (``row['ort_rel_error']``)."""
+    from ..onnx.bench import ort_session
+    run = ort_session(model, case.net.input_shape, threads=threads)
+    with PeakRss() as mem:
+        row["times"]["onnxruntime"], out = time_budgeted(lambda: run(x), warmup, repeats,
+                                                         budget, min_repeats)
+    row["peak_mb"]["onnxruntime"] = mem.mb
+    return np.asarray(out)
+
+
 def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
-             budget=30.0, min_repeats=3, memory_pool=True, settle=0.25, monitor=None):
-    """Time one case (cnncore, and torch unless ``torch`` is None); returns the row dict."""
+             budget=30.0, min_repeats=3, memory_pool=True, settle=0.25, monitor=None,
+             use_ort=False):
+    """Time one case (cnncore, torch unless ``torch`` is None, and for inference ONNX
+    Runtime if ``use_ort``); returns the row dict."""
     from ..memory import memory_pool as pool
     from .. import interop
 
@@ -359,6 +374,14 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
             ok = ok and row["grad_rel_error"] <= GRAD_TOLERANCE[dtype]
         row["check"] = "ok" if ok else "MISMATCH"
         row["ratio_torch"] = row["times"]["cnncore"]["median"] / row["times"]["torch"]["median"]
+    if use_ort and case.mode == "infer":
+        time.sleep(settle)
+        out = _time_ort(model, case, x, threads, warmup, repeats, budget, min_repeats, row)
+        row["ort_rel_error"] = rel_error(outputs["cnncore"], out)
+        row["ratio_ort"] = (row["times"]["cnncore"]["median"]
+                            / row["times"]["onnxruntime"]["median"])
+        if row["ort_rel_error"] > TOLERANCE[dtype]:
+            row["check"] = "MISMATCH"
     for impl, t in row["times"].items():
         row["images_per_s"][impl] = case.batch / t["median"]
     row["other_cpu"] = monitor.other_share(before, monitor.snapshot()) if monitor else None

@@ -166,7 +166,7 @@ MODELS_TABLE = Table([
     ("network", 22, "<"), ("input", 9, "<"), ("pass", 5, "<"), ("batch", 5, ">"),
     ("cnncore ms", 10, ">"), ("torch ms", 9, ">"), ("cnncore im/s", 12, ">"),
     ("torch im/s", 10, ">"), ("/torch", 6, ">"), ("cnncore MB", 10, ">"),
-    ("torch MB", 8, ">"), ("check", 8, "<"),
+    ("torch MB", 8, ">"), ("ort ms", 8, ">"), ("/ort", 5, ">"), ("check", 8, "<"),
 ])
 
 MODELS_NOTE = (
@@ -176,8 +176,10 @@ MODELS_NOTE = (
     "memory pool); ms = median; /torch = cnncore time / torch time; MB = peak RSS of all "
     "the calls above the resident size before the first (activations, temporaries, "
     "gradients, momentum; weights and inputs excluded; --models-memory: the same in a "
-    "fresh process per case and implementation); check = logits (train: and gradients) "
-    "compared outside the timed region")
+    "fresh process per case and implementation); ort = the model exported by "
+    "cnncore.onnx.export in ONNX Runtime (inference rows, when onnx and onnxruntime are "
+    "installed; --no-ort to leave it out), /ort = cnncore time / its time; check = logits "
+    "(train: and gradients) compared outside the timed region")
 
 
 def models_row(row):
@@ -200,7 +202,8 @@ def models_row(row):
         row["batch"], fmt_ms(t["cnncore"]["median"]),
         fmt_ms((t.get("torch") or {}).get("median")), fmt_num(ips.get("cnncore")),
         fmt_num(ips.get("torch")), fmt_ratio(row.get("ratio_torch")), mb("cnncore"),
-        mb("torch"), row["check"]) + flag
+        mb("torch"), fmt_ms((t.get("onnxruntime") or {}).get("median")),
+        fmt_ratio(row.get("ratio_ort")), row["check"]) + flag
 
 
 def header_lines(res):
@@ -290,6 +293,10 @@ def summary_lines(res):
                      f"{fmt_ratio(mo['best'][0])} ({mo['best'][1]}), worst "
                      f"{fmt_ratio(mo['worst'][0])} ({mo['worst'][1]}); "
                      f"{mo['mismatches']} mismatch(es)")
+        if mo.get("ort_geomean_ratio"):
+            lines.append(f"  whole networks, inference: cnncore/ONNX Runtime time ratio "
+                         f"geometric mean {fmt_ratio(mo['ort_geomean_ratio'])}, worst "
+                         f"{fmt_ratio(mo['ort_worst'][0])} ({mo['ort_worst'][1]})")
     for me in sm.get("memory", []):
         line = (f"  LeNet-5 batch {me['batch']} peak memory: cnncore "
                 f"{fmt_num(me['cnncore_step'], 2)} MB per step "

@@ -54,6 +54,7 @@ class Settings:
     memory_pool: bool = True
     models: tuple = ()
     models_memory: bool = False
+    use_ort: bool = True
     models_budget: float = 60.0
     models_min_repeats: int = 3
 
@@ -272,13 +273,18 @@ class _Bench:
         if self.torch is None:
             self.emit(f"  torch {res['torch_status']}: cnncore columns only, outputs not "
                       "checked")
+        from ..onnx.bench import ort_available
+        self.use_ort = s.use_ort and ort_available()
+        if s.use_ort and not self.use_ort:
+            self.emit("  onnx / onnxruntime not installed: no ONNX Runtime column")
         self.emit(report.MODELS_TABLE.header())
         for case in s.model_cases():
             self.settle()
             row = models.run_case(
                 case, self.torch, s.threads, self.dtype.name, s.seed, warmup=s.warmup,
                 repeats=s.repeats, budget=s.models_budget, min_repeats=s.models_min_repeats,
-                memory_pool=s.memory_pool, settle=s.settle, monitor=self.monitor)
+                memory_pool=s.memory_pool, settle=s.settle, monitor=self.monitor,
+                use_ort=self.use_ort)
             if s.models_memory:
                 row["memory_fresh"] = {}
                 impls = ["cnncore"] + (["torch"] if self.torch is not None else [])
@@ -444,6 +450,10 @@ def summarize_results(res):
         if ratios:
             m["geomean_ratio"] = float(np.exp(np.mean(np.log([r for r, _ in ratios]))))
             m["best"], m["worst"] = min(ratios), max(ratios)
+        ort = [(r["ratio_ort"], r["name"]) for r in res["models"] if r.get("ratio_ort")]
+        if ort:
+            m["ort_geomean_ratio"] = float(np.exp(np.mean(np.log([r for r, _ in ort]))))
+            m["ort_worst"] = max(ort)
         out["models"] = m
     return out
 
