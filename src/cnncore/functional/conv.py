@@ -70,9 +70,13 @@ def _tile_plan(where, n, c_out, cg, kh, kw, out_hw, itemsize):
     return planner.conv_tiles(n, c_out, cg, k_g, ho, wo, itemsize, get_workspace_limit())
 
 
-def _conv_geometry(*args):
-    """A layer calls with the same shapes and hyper-parameters every step: parse them once."""
-    return cached_geometry(_typed(args), lambda: _ConvGeometry(*args))
+def _conv_geometry(where, x_shape, w_shape, stride, padding, dilation, groups, show=tuple):
+    """A layer calls with the same shapes and hyper-parameters every step: parse them once.
+    Array shapes are tuples of ints and ``show`` a function, so only the hyper-parameters
+    need their types in the key (1, 1.0 and True are equal as dict keys, not as arguments)."""
+    key = (where, x_shape, w_shape, show, _typed((stride, padding, dilation, groups)))
+    return cached_geometry(key, lambda: _ConvGeometry(where, x_shape, w_shape, stride,
+                                                      padding, dilation, groups, show))
 
 
 def _drop_height(shape):
