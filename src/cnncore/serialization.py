@@ -12,14 +12,17 @@ File layout (format version 1), every entry a NumPy array, no pickle:
 * optional ``__trainer__``: JSON of the Trainer's state (epoch counter, step counter, state of
   the shuffling generator, loss config), written by :meth:`cnncore.trainer.Trainer.save_checkpoint`.
 
-Files are written atomically (a temporary file in the same directory, then
-:func:`os.replace`) and read with ``np.load(allow_pickle=False)``. Unreadable, corrupt or
-newer-format files raise :class:`ValueError` naming the file and the problem.
+Files are written atomically (a temporary file in the same directory, fsynced, then
+:func:`os.replace` and an fsync of the directory; see :func:`atomic_savez`) and read with
+``np.load(allow_pickle=False)``. Unreadable, corrupt or newer-format files raise
+:class:`ValueError` naming the file and the problem.
 """
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 import zipfile
 
 import numpy as np
@@ -40,12 +43,20 @@ def _json_array(obj):
 def atomic_savez(path, arrays):
     """Write ``arrays`` (a dict of ndarrays) to ``path`` with :func:`numpy.savez` via a temporary
     file in the same directory and :func:`os.replace`: ``path`` either keeps its old content or
-    gets the complete new one; no partial file is left behind when writing fails."""
+    gets the complete new one; no partial file is left behind when writing fails.
+
+    The file is fsynced before the rename and its directory after it (POSIX), so that a power
+    cut cannot leave an empty or missing file. The temporary name carries the writer's host
+    and process id (``<name>.tmp.<host>.<pid>.<random>``): a writer killed mid-save (SIGKILL,
+    power cut) leaves its temporary file behind, and the next save to ``path`` on the same
+    host removes those whose process is gone, never a live writer's (POSIX only).
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp")
+    base = os.path.basename(path)
+    _tidy_dead_temp_files(directory, base)
+    fd, tmp = _create_temp(directory, base)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -57,12 +68,79 @@ def atomic_savez(path, arrays):
         except FileNotFoundError:
             pass
         raise
+    _fsync_directory(directory)
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _host_tag():
+    """This host's name, reduced to the characters a temporary name may carry (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _create_temp(directory, base):
+    """Create ``<base>.tmp.<host>.<pid>.<random>`` exclusively, with the usual file mode
+    (0666 less the umask, like ``open``); return ``(fd, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
+        getattr(os, "O_BINARY", 0)
+    prefix = f"{base}.tmp.{_host_tag()}.{os.getpid()}."
+    for _ in range(100):
+        tmp = os.path.join(directory, prefix + secrets.token_hex(4))
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{os.path.join(directory, base)}: could not create a temporary "
+                          "file (100 names taken)")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _tidy_dead_temp_files(directory, base):
+    """Remove ``<base>.tmp.<host>.<pid>.<random>`` files left by dead writers on this host."""
+    if os.name != "posix":  # os.kill(pid, 0) is not a liveness probe on Windows
+        return
+    prefix, host, me = base + ".tmp.", _host_tag(), os.getpid()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split(".")
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue  # another host's writer, or not one of our names: leave it
+        pid = int(parts[1])
+        if pid == me or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:  # already gone (another process tidied it) or not ours to remove
+            pass
+
+
+def _fsync_directory(directory):
+    """Make the rename durable: fsync the directory (POSIX; a no-op where directories cannot
+    be opened, e.g. Windows, or where the file system refuses it)."""
+    if os.name != "posix":
+        return
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def _model_arrays(model):
