@@ -8,6 +8,15 @@ name ``numpy._core.multiarray``); any other global -- ``os.system``,
 ``builtins.eval``, ``subprocess.Popen``... -- raises
 :class:`pickle.UnpicklingError` before anything is called.  Containers built
 from opcodes alone (tuples, lists, dicts, strings, numbers) load as usual.
+
+Nor can a few bytes make it allocate gigabytes. It is built on the pure-Python
+unpickler, whose memo is a dict (the C one grows an array to the largest
+``LONG_BINPUT`` index: 1 GB touched for a 9-byte pickle, up to 64 GB); lengths
+announced by ``FRAME``, ``BINBYTES8``, ``BYTEARRAY8``... are read in chunks, so
+memory follows the bytes actually there, not the length claimed;
+``_reconstruct`` only makes the empty array that numpy's pickles then fill from
+the bytes they carry; and ``ndarray`` cannot be called to make an array of any
+shape.
 """
 
 from __future__ import annotations
@@ -15,9 +24,17 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import struct
 from typing import Any, BinaryIO, Callable, Dict, Tuple
 
-__all__ = ["NumpyUnpickler", "restricted_load", "restricted_loads"]
+__all__ = ["NumpyUnpickler", "restricted_load", "restricted_loads", "CORRUPT_PICKLE_ERRORS"]
+
+#: What unpickling a corrupt or hostile stream raises (besides MemoryError): pickle's own
+#: UnpicklingError, and the errors its opcodes and numpy's constructors raise on bad
+#: arguments. Readers catch these to report a corrupt file.
+CORRUPT_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
+                         IndexError, AttributeError, OverflowError, RecursionError,
+                         struct.error)
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,17 +45,38 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+        # what ndarray.__reduce__ writes: _reconstruct(ndarray, (0,), b'b'), an empty array
+        # that BUILD (__setstate__) then fills from the data in the stream
+        if subtype is not _NDARRAY or not isinstance(shape, tuple) or len(shape) != 1 \
+                or shape[0] != 0:
+            raise pickle.UnpicklingError(
+                f"refusing _reconstruct{(subtype, shape, dtype)!r}: numpy array pickles "
+                "reconstruct an empty numpy.ndarray")
+        return multiarray._reconstruct(np.ndarray, shape, dtype)
+
     allowed: Dict[Tuple[str, str], Callable[..., Any]] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
     return allowed
 
 
-class NumpyUnpickler(pickle.Unpickler):
+class _NdarrayMarker:
+    """Stands for ``numpy.ndarray`` in a pickle: an argument of ``_reconstruct``, not a
+    callable (``ndarray(shape)`` would allocate any size)."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayMarker()
+
+
+class NumpyUnpickler(pickle._Unpickler):  # the pure-Python one: see the module docstring
     """Unpickler that refuses every global but numpy's array-reconstruction ones.
 
     Parameters
@@ -51,7 +89,35 @@ class NumpyUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file: BinaryIO, *, encoding: str = "latin1") -> None:
-        super().__init__(file, encoding=encoding)
+        super().__init__(_ChunkedReads(file), encoding=encoding)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_bytearray8(self) -> None:
+        # the base class makes bytearray(n) for the n the stream announces, then reads
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)
+        if len(data) < n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
+    def _load_build(self) -> None:
+        # numpy's pickles BUILD (``__setstate__``) arrays and dtypes only; a dtype's state
+        # is the 8- or 9-tuple numpy has written since 1.x (the old 5-tuple form trips
+        # NumPy into a SystemError on a copied dtype)
+        import numpy as np
+
+        state, inst = self.stack[-1], self.stack[-2]
+        if not (isinstance(inst, np.ndarray) or (isinstance(inst, np.dtype) and isinstance(
+                state, tuple) and len(state) in (8, 9))):
+            raise pickle.UnpicklingError(
+                f"refusing BUILD of {type(inst).__name__} with {type(state).__name__} state: "
+                "numpy array pickles set the state of arrays and dtypes (8- or 9-tuple) only")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -64,6 +130,30 @@ class NumpyUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing persistent id in restricted pickle")
+
+
+class _ChunkedReads:
+    """``file`` for the unpickler: ``read(n)`` for a large ``n`` reads in chunks, so that
+    what is allocated follows the bytes actually in the file, not the length a corrupt
+    stream announces (a buffered file allocates ``n`` bytes up front)."""
+
+    CHUNK = 1 << 24
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.readline = file.readline
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n <= self.CHUNK:
+            return self._file.read(n)
+        parts = []
+        while n > 0:
+            part = self._file.read(min(n, self.CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
 
 
 def restricted_load(file: BinaryIO, *, encoding: str = "latin1") -> Any:
