@@ -72,6 +72,14 @@ def test_build_of_a_dtype_with_a_short_state_is_refused():
         restricted_loads(data)
 
 
+def test_build_of_a_dtype_with_a_mismatched_state_is_refused():
+    """Version 3 with 9 items: NumPy's __setstate__ returned NULL without an exception."""
+    data = (b"\x80\x04" + _global("numpy", "dtype") + b"\x8c\x02f4\x89\x88\x87R"
+            b"(K\x03\x8c\x01<NNN)J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+    with pytest.raises(pickle.UnpicklingError, match="BUILD"):
+        restricted_loads(data)
+
+
 def test_build_of_other_objects_is_refused():
     data = b"\x80\x04" + _global("numpy", "ndarray") + b"}\x8c\x01a\x8c\x01bsb."
     with pytest.raises(pickle.UnpicklingError, match="BUILD"):

@@ -104,18 +104,20 @@ class NumpyUnpickler(pickle._Unpickler):  # the pure-Python one: see the module 
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
     def _load_build(self) -> None:
-        # numpy's pickles BUILD (``__setstate__``) arrays and dtypes only; a dtype's state
-        # is the 8- or 9-tuple numpy has written since 1.x (the old 5-tuple form trips
-        # NumPy into a SystemError on a copied dtype)
+        # numpy's pickles BUILD (``__setstate__``) arrays and dtypes only, a dtype with the
+        # state numpy has written since 1.x; other states trip NumPy into SystemErrors
         import numpy as np
 
         state, inst = self.stack[-1], self.stack[-2]
-        if not (isinstance(inst, np.ndarray) or (isinstance(inst, np.dtype) and isinstance(
-                state, tuple) and len(state) in (8, 9))):
+        if not (isinstance(inst, np.ndarray) or (isinstance(inst, np.dtype)
+                                                  and _dtype_state(state))):
             raise pickle.UnpicklingError(
                 f"refusing BUILD of {type(inst).__name__} with {type(state).__name__} state: "
-                "numpy array pickles set the state of arrays and dtypes (8- or 9-tuple) only")
-        super().load_build()
+                "numpy array pickles set the state of arrays and of dtypes only")
+        try:
+            super().load_build()
+        except SystemError as e:  # a state NumPy's C code does not check
+            raise pickle.UnpicklingError(f"invalid numpy state in BUILD ({e})") from None
 
     dispatch[pickle.BUILD[0]] = _load_build
 
@@ -130,6 +132,17 @@ class NumpyUnpickler(pickle._Unpickler):  # the pure-Python one: see the module 
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing persistent id in restricted pickle")
+
+
+def _dtype_state(state: Any) -> bool:
+    """Whether ``state`` has the form of a dtype's ``__reduce__`` state: ``(3, endian,
+    subarray, names, fields, elsize, alignment, flags)``, or version 4 with metadata after."""
+    if not isinstance(state, tuple) or (len(state), state[:1]) not in ((8, (3,)), (9, (4,))):
+        return False
+    _, endian, subarray, names, fields, *ints = state[:8]
+    return (endian in ("<", ">", "|", "=") and (subarray is None or isinstance(subarray, tuple))
+            and (names is None or isinstance(names, tuple)) and (fields is None or isinstance(
+                fields, dict)) and all(type(n) is int for n in ints))
 
 
 class _ChunkedReads:
