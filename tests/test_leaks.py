@@ -17,6 +17,8 @@ from cnncore.losses import SoftmaxCrossEntropy
 from cnncore.optim import SGD
 from cnncore.trainer import Trainer
 
+# AddressSanitizer (tools/sanitize.sh) keeps freed memory in quarantine: RSS means nothing
+ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 BATCH, BATCHES = 16, 10  # the last batch of every epoch has 7 images, the others 16
 
 
@@ -61,7 +63,8 @@ def _cnncore_traces():
 @pytest.mark.parametrize("pool", [True, False], ids=["memory_pool", "numpy_allocator"])
 def test_training_does_not_grow(pool):
     rss, traced = _growth(300, pool)
-    assert rss < 5, f"RSS grew by {rss:.1f} MB over 300 steps"
+    if not ASAN:
+        assert rss < 5, f"RSS grew by {rss:.1f} MB over 300 steps"
     assert traced < 64, f"traced Python memory grew by {traced:.0f} KB over 300 steps"
 
 
@@ -72,4 +75,4 @@ def test_training_does_not_grow_long(pool):
     rss, traced = _growth(1000, pool)
     print(f"\nLeNet-5, memory_pool={pool}: RSS {rss:+.2f} MB, traced Python memory "
           f"{traced:+.1f} KB per 1000 steps")
-    assert rss < 5 and traced < 64
+    assert (ASAN or rss < 5) and traced < 64
