@@ -80,6 +80,13 @@ def test_build_of_a_dtype_with_a_mismatched_state_is_refused():
         restricted_loads(data)
 
 
+def test_malformed_dtype_string():
+    """np.dtype("(,)f4") raised SyntaxError (from ast.literal_eval)."""
+    data = b"\x80\x04" + _global("numpy", "dtype") + b"\x8c\x05(,)f4\x85R."
+    with pytest.raises(pickle.UnpicklingError, match="invalid dtype"):
+        restricted_loads(data)
+
+
 def test_build_of_other_objects_is_refused():
     data = b"\x80\x04" + _global("numpy", "ndarray") + b"}\x8c\x01a\x8c\x01bsb."
     with pytest.raises(pickle.UnpicklingError, match="BUILD"):

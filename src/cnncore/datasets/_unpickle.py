@@ -55,9 +55,17 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
                 "reconstruct an empty numpy.ndarray")
         return multiarray._reconstruct(np.ndarray, shape, dtype)
 
+    def dtype(*args: Any) -> Any:
+        # np.dtype parses strings like "(2,3)f4" with ast.literal_eval, whose SyntaxError
+        # (not a ValueError) escapes on a malformed one
+        try:
+            return np.dtype(*args)
+        except SyntaxError as e:
+            raise pickle.UnpicklingError(f"invalid dtype{args!r}: {e}") from None
+
     allowed: Dict[Tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): _NDARRAY,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): dtype,
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
