@@ -87,6 +87,19 @@ def test_malformed_dtype_string():
         restricted_loads(data)
 
 
+def test_structured_scalar_without_an_array_is_a_corrupt_pickle(tmp_path):
+    """numpy's scalar() raises RuntimeError ("The pickle file may be corrupted?") for a
+    structured void with an object field: one of CORRUPT_PICKLE_ERRORS, so the CIFAR reader
+    reports a corrupt file."""
+    data = (b"\x80\x04" + _global(NP_CORE, "scalar") + _global("numpy", "dtype") +
+            b"]\x8c\x01a\x8c\x01O\x86a\x85R" + b"K\x05\x86R.")
+    with pytest.raises(CORRUPT_PICKLE_ERRORS):
+        restricted_loads(data)
+    (tmp_path / "b").write_bytes(data)
+    with pytest.raises(ValueError, match="corrupt pickle"):
+        read_cifar_batch(str(tmp_path / "b"))
+
+
 def test_build_of_other_objects_is_refused():
     data = b"\x80\x04" + _global("numpy", "ndarray") + b"}\x8c\x01a\x8c\x01bsb."
     with pytest.raises(pickle.UnpicklingError, match="BUILD"):

@@ -33,8 +33,8 @@ __all__ = ["NumpyUnpickler", "restricted_load", "restricted_loads", "CORRUPT_PIC
 #: UnpicklingError, and the errors its opcodes and numpy's constructors raise on bad
 #: arguments. Readers catch these to report a corrupt file.
 CORRUPT_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
-                         IndexError, AttributeError, OverflowError, RecursionError,
-                         struct.error)
+                         IndexError, AttributeError, OverflowError, RuntimeError,
+                         struct.error)  # (RuntimeError: numpy's "pickle file may be corrupted?")
 
 
 @functools.lru_cache(maxsize=None)
