@@ -100,6 +100,24 @@ def test_structured_scalar_without_an_array_is_a_corrupt_pickle(tmp_path):
         read_cifar_batch(str(tmp_path / "b"))
 
 
+def test_dtype_flags_from_the_stream_are_not_trusted():
+    """flags=255 in a float64's BUILD state marked it as holding Python objects: NumPy then
+    crashed the interpreter (found by fuzzing: "get_clear_loop not set", deadly signal).
+    Run in a subprocess, so that a regression shows as a crash there, not here."""
+    import subprocess
+    import sys
+    data = (b"\x80\x04" + _global("numpy", "dtype") + b"\x8c\x02f8\x89\x88\x87R"
+            b"(K\x03\x8c\x01>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\xfftb.")
+    code = ("import sys, numpy as np; from cnncore.datasets._unpickle import restricted_loads\n"
+            "try:\n    d = restricted_loads(sys.stdin.buffer.read())\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "else:\n    a = np.zeros(3, d); del a, d\n")
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.startswith(b"UnpicklingError") and b"BUILD" in out.stdout
+
+
 def test_build_of_other_objects_is_refused():
     data = b"\x80\x04" + _global("numpy", "ndarray") + b"}\x8c\x01a\x8c\x01bsb."
     with pytest.raises(pickle.UnpicklingError, match="BUILD"):

@@ -118,7 +118,7 @@ class NumpyUnpickler(pickle._Unpickler):  # the pure-Python one: see the module 
 
         state, inst = self.stack[-1], self.stack[-2]
         if not (isinstance(inst, np.ndarray) or (isinstance(inst, np.dtype)
-                                                  and _dtype_state(state))):
+                                                  and _dtype_state(inst, state))):
             raise pickle.UnpicklingError(
                 f"refusing BUILD of {type(inst).__name__} with {type(state).__name__} state: "
                 "numpy array pickles set the state of arrays and of dtypes only")
@@ -142,15 +142,42 @@ class NumpyUnpickler(pickle._Unpickler):  # the pure-Python one: see the module 
         raise pickle.UnpicklingError("refusing persistent id in restricted pickle")
 
 
-def _dtype_state(state: Any) -> bool:
-    """Whether ``state`` has the form of a dtype's ``__reduce__`` state: ``(3, endian,
-    subarray, names, fields, elsize, alignment, flags)``, or version 4 with metadata after."""
+def _dtype_state(inst: Any, state: Any) -> bool:
+    """Whether ``state`` is what ``inst.__reduce__()`` could have written for a dtype like
+    ``inst``: ``(3, endian, subarray, names, fields, elsize, alignment, flags)``, or version 4
+    with metadata after. NumPy's ``__setstate__`` trusts the flags: ``flags=255`` on a
+    float64 marks it as holding Python objects, and NumPy later crashes decref'ing them."""
+    import numpy as np
+
     if not isinstance(state, tuple) or (len(state), state[:1]) not in ((8, (3,)), (9, (4,))):
         return False
-    _, endian, subarray, names, fields, *ints = state[:8]
-    return (endian in ("<", ">", "|", "=") and (subarray is None or isinstance(subarray, tuple))
-            and (names is None or isinstance(names, tuple)) and (fields is None or isinstance(
-                fields, dict)) and all(type(n) is int for n in ints))
+    _, endian, subarray, names, fields, elsize, alignment, flags = state[:8]
+    if endian not in ("<", ">", "|", "=") or not all(
+            type(n) is int for n in (elsize, alignment, flags)):
+        return False
+    try:
+        if subarray is not None:
+            expected = np.dtype(subarray)
+        elif names is not None:
+            if not isinstance(names, tuple) or not isinstance(fields, dict) or \
+                    not set(names) <= set(fields):  # (titles are extra keys)
+                return False
+            expected = np.dtype({"names": list(names),
+                                 "formats": [fields[n][0] for n in names],
+                                 "offsets": [fields[n][1] for n in names],
+                                 "titles": [fields[n][2] if len(fields[n]) > 2 else None
+                                            for n in names],
+                                 "itemsize": elsize})
+        else:
+            if fields is not None or elsize not in (-1, inst.itemsize):
+                return False
+            expected = inst
+    except Exception as e:  # a malformed subarray or field list
+        if isinstance(e, MemoryError):
+            raise
+        return False
+    aligned_struct = 0x80  # NPY_ALIGNED_STRUCT: how the struct was declared, not its content
+    return flags & ~aligned_struct == expected.flags & ~aligned_struct
 
 
 class _ChunkedReads:
