@@ -58,6 +58,14 @@ def test_reconstruct_only_makes_the_empty_array_numpy_pickles_fill():
         restricted_loads(big)
 
 
+def test_reconstruct_takes_no_dtype_string():
+    """_reconstruct(ndarray, (0,), ',4'): NumPy parses the string, SyntaxError escaped."""
+    data = b"\x80\x04" + _global(NP_CORE, "_reconstruct") + _global("numpy", "ndarray") + \
+        b"K\x00\x85\x8c\x02,4\x87R."
+    with pytest.raises(pickle.UnpicklingError, match="empty numpy.ndarray"):
+        restricted_loads(data)
+
+
 def test_ndarray_cannot_be_called():
     data = b"\x80\x04" + _global("numpy", "ndarray") + b"J\x00\x00\x00\x40\x85R."
     with pytest.raises(CORRUPT_PICKLE_ERRORS):  # ndarray((2**30,)) would allocate 1 GB

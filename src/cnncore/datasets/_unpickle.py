@@ -49,10 +49,10 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
         # what ndarray.__reduce__ writes: _reconstruct(ndarray, (0,), b'b'), an empty array
         # that BUILD (__setstate__) then fills from the data in the stream
         if subtype is not _NDARRAY or not isinstance(shape, tuple) or len(shape) != 1 \
-                or shape[0] != 0:
+                or shape[0] != 0 or dtype not in (b"b", "b"):
             raise pickle.UnpicklingError(
                 f"refusing _reconstruct{(subtype, shape, dtype)!r}: numpy array pickles "
-                "reconstruct an empty numpy.ndarray")
+                "reconstruct an empty numpy.ndarray of dtype 'b'")
         return multiarray._reconstruct(np.ndarray, shape, dtype)
 
     def dtype(*args: Any) -> Any:
