@@ -4,6 +4,8 @@ Environment switches:
 - ``CNNCORE_NO_OPENMP=1``: build serially (no -fopenmp) even if the compiler supports it.
 - ``CNNCORE_CYTHON_DEBUG=1``: turn bounds/wraparound/initialisation checks back on.
 - ``CNNCORE_ANNOTATE=1``: write Cython's annotated HTML next to each .pyx.
+- ``CNNCORE_SANITIZE=address,undefined``: build with ``-fsanitize=...`` (and frame pointers)
+  for ASan/UBSan runs; see tools/sanitize.sh for running the tests under it.
 
 Compiler flags are portable (``-O3``, never ``-march=native``), so a wheel runs on any CPU
 of its platform. OpenMP, as in scikit-learn: ``-fopenmp`` for gcc and clang (checked by
@@ -97,6 +99,10 @@ def extensions():
     # MSVC: /std:c11 for the C99/C11 the helpers in csrc/ use (restrict, _Pragma).
     compile_args = OPT_FLAGS + omp if sys.platform != "win32" else ["/O2", "/std:c11"] + omp
     link_args = omp if sys.platform != "win32" else []
+    sanitize = os.environ.get("CNNCORE_SANITIZE", "").strip()
+    if sanitize:
+        flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        compile_args, link_args = compile_args + flags, link_args + flags[:1]
     _write_build_info(omp, compile_args)
     exts = [
         Extension(

@@ -132,8 +132,14 @@ def test_batch_norm_bad_inputs(rng):
     with pytest.raises(TypeError, match="batch_norm: x has dtype float32 but gamma has dtype "
                                         "float64"):
         F.batch_norm(x, c3.astype(np.float64), c3, c3.copy(), c3.copy())
-    with pytest.raises(TypeError, match="batch_norm: x must be float32 or float64"):
-        F.batch_norm(x.astype(np.float16), c3, c3, c3.copy(), c3.copy())
+    # float16 (like ints and bool) is cast to the other arrays' float dtype, as NumPy would
+    half = x.astype(np.float16)
+    y16 = F.batch_norm(half, c3, c3, c3.copy(), c3.copy())[0]
+    assert y16.dtype == np.float32
+    np.testing.assert_array_equal(
+        y16, F.batch_norm(half.astype(np.float32), c3, c3, c3.copy(), c3.copy())[0])
+    with pytest.raises(TypeError, match="batch_norm"):
+        F.batch_norm(x.astype(np.complex64), c3, c3, c3.copy(), c3.copy())
     with pytest.raises(TypeError, match="running_mean must be a numpy array"):
         F.batch_norm(x, c3, c3, [0.0, 0.0, 0.0], c3.copy())
     with pytest.raises(TypeError, match="running_mean is required in eval mode"):

@@ -2,11 +2,12 @@
 
 Rules (documented in :mod:`cnncore.functional`):
 
-- float32 and float64 arrays are used as they are (copied only if not C-contiguous);
-- integer and bool arrays (and nested lists) are cast to the floating dtype of the other
-  array arguments, or to float32 if there is none;
+- float32 and float64 arrays are used as they are (copied only if not C-contiguous, or
+  converted to native byte order if big-endian);
+- integer, bool and float16 arrays (and nested lists) are cast to the floating dtype of the
+  other array arguments, or to float32 if there is none (losslessly, as NumPy promotes them);
 - float32 mixed with float64 is a TypeError (we never silently change a dtype you chose);
-- float16, complex, object and string arrays are a TypeError;
+- complex, object, string and extended-precision (longdouble) arrays are a TypeError;
 - index arrays (e.g. saved max-pool argmaxes) must have an integer dtype and are cast to
   int64 (their range is checked by the kernel that uses them).
 """
@@ -14,11 +15,12 @@ Rules (documented in :mod:`cnncore.functional`):
 import numpy as np
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT16 = np.dtype(np.float16)
 
 
 def _kind_error(where, name, dtype):
-    return TypeError(f"{where}: {name} must be float32 or float64 (integer and bool arrays "
-                     f"are cast), got dtype {dtype}")
+    return TypeError(f"{where}: {name} must be float32 or float64 (integer, bool and float16 "
+                     f"arrays are cast), got dtype {dtype}")
 
 
 def check_given(where, name, a):
@@ -36,16 +38,15 @@ def float_arrays(where, **arrays):
             continue
         if type(a) is not np.ndarray:
             a = np.asarray(a)
-        if a.dtype.kind == "f":
-            if a.dtype not in _SUPPORTED:
-                raise _kind_error(where, name, a.dtype)
+        native = a.dtype.newbyteorder("=") if a.dtype.kind == "f" else a.dtype
+        if native in _SUPPORTED:  # big-endian float32/float64 count as what they hold
             if float_dtype is None:
-                float_dtype, first_name = a.dtype, name
-            elif a.dtype != float_dtype:
+                float_dtype, first_name = native, name
+            elif native != float_dtype:
                 raise TypeError(f"{where}: {first_name} has dtype {float_dtype} but {name} has "
                                 f"dtype {a.dtype}; convert one of them (e.g. "
                                 f"{name}.astype(np.{float_dtype}))")
-        elif a.dtype.kind not in "iub":
+        elif a.dtype.kind not in "iub" and native != _FLOAT16:
             raise _kind_error(where, name, a.dtype)
         converted[name] = a
     dtype = float_dtype if float_dtype is not None else np.dtype(np.float32)

@@ -4,9 +4,13 @@ formula) and dropout, forward and backward (batch normalisation is compiled:
 
 :mod:`cnncore._norm_reference` holds obviously-correct twins with the same signatures; the
 tests compare the two. Arrays are ``(N, C, *spatial)``; the output dtype is the input dtype.
+Inputs follow the dtype rules of :mod:`cnncore.functional` (integer, bool and float16 arrays
+are cast, complex and object arrays refused).
 """
 
 import numpy as np
+
+from ._checks import float_arrays
 
 __all__ = ["local_response_norm", "local_response_norm_backward", "dropout",
            "dropout_backward"]
@@ -26,6 +30,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """PyTorch's LRN across channels:
     ``y_c = x_c / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_c'^2) ** beta``
     (channels outside ``[0, C)`` count as zeros)."""
+    x = float_arrays("local_response_norm", x=x)
     if x.ndim < 3:
         raise ValueError(f"local_response_norm: expected an input (N, C, ...), got {x.shape}")
     d = _window_sum(np.square(x), size // 2, (size - 1) // 2)
@@ -38,6 +43,7 @@ def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0
     """Gradient of :func:`local_response_norm` with respect to ``x``:
     ``g_j D_j^-beta - 2 alpha beta / size * x_j * sum_{c : j in window(c)} g_c x_c D_c^(-beta-1)``
     with ``D_c = k + alpha / size * S_c``."""
+    grad_out, x = float_arrays("local_response_norm_backward", grad_out=grad_out, x=x)
     d = _window_sum(np.square(x), size // 2, (size - 1) // 2)
     d *= alpha / size
     d += k
@@ -65,6 +71,7 @@ def dropout(x, p, rng, training=True):
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    x = float_arrays("dropout", x=x)
     if not training or p == 0.0:
         return x, None
     u = rng.random(x.shape, dtype=x.dtype)
@@ -75,6 +82,7 @@ def dropout(x, p, rng, training=True):
 
 def dropout_backward(grad_out, mask):
     """Gradient of :func:`dropout`: ``grad_out * mask`` (``grad_out`` when mask is None)."""
+    grad_out, mask = float_arrays("dropout_backward", grad_out=grad_out, mask=mask)
     if mask is None:
         return grad_out
     return grad_out * mask

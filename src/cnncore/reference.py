@@ -158,7 +158,9 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, indice
         raise ValueError(f"max_pool2d_backward: indices must be in [0, {h * w})")
     planes = np.arange(n * c)[:, None]
     grad_x = np.zeros((n * c, h * w), dtype=x.dtype)
-    np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_out.reshape(n * c, -1))
+    per_plane = o[0] * o[1]  # (not -1: an empty batch has no size to infer it from)
+    np.add.at(grad_x, (planes, indices.reshape(n * c, per_plane)),
+              grad_out.reshape(n * c, per_plane))
     return grad_x.reshape(x.shape)
 
 

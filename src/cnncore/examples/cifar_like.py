@@ -101,21 +101,54 @@ def synthetic_cifar(n, seed=0, size=32, noise=0.08):
 
 
 # ---------------------------------------------------------------------- CIFAR-10 on disk
+def read_cifar_batch(file):
+    """One CIFAR-10 "python version" batch file: returns uint8 ``(N, 32, 32, 3)`` images and
+    int64 labels. The pickle is read with a restricted unpickler that builds only numpy
+    arrays and plain containers; a file that is not such a batch raises ValueError."""
+    from ..datasets._unpickle import CORRUPT_PICKLE_ERRORS, restricted_load
+
+    with open(file, "rb") as f:
+        try:
+            d = restricted_load(f)
+        except CORRUPT_PICKLE_ERRORS as e:
+            raise ValueError(f"{file}: not a CIFAR-10 batch (corrupt pickle: "
+                             f"{type(e).__name__}: {e})") from e
+    return batch_arrays(d, file)
+
+
+def batch_arrays(d, source):
+    """Images and labels of an unpickled CIFAR-10 batch ``d`` (checked: a dict with
+    ``data``, N rows of 3072 bytes, and ``labels``, N ints in 0..255)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: not a CIFAR-10 batch (a pickled {type(d).__name__}, "
+                         "expected a dict)")
+    d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
+    data, labels = d.get("data"), d.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        what = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                else type(data).__name__)
+        raise ValueError(f"{source}: not a CIFAR-10 batch: 'data' must be a uint8 array of "
+                         f"shape (N, 3072), got {what}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 256
+            for v in labels):
+        raise ValueError(f"{source}: not a CIFAR-10 batch: 'labels' must be {len(data)} "
+                         "class numbers")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, np.asarray(labels, dtype=np.int64).reshape(len(data))
+
+
 def load_cifar10(path):
     """The CIFAR-10 "python version" batches in directory ``path``: returns ``(x_train,
     y_train), (x_test, y_test)``, uint8 ``(N, 32, 32, 3)`` images and int64 labels."""
-    from ..datasets._unpickle import restricted_load
 
     def read(name):
         file = os.path.join(path, name)
         if not os.path.exists(file):
             raise SystemExit(f"{file}: not found; --data must be the folder holding the CIFAR-10 "
                              "python batches (data_batch_1 .. data_batch_5, test_batch)")
-        with open(file, "rb") as f:
-            d = restricted_load(f)
-        d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
-        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return x, np.asarray(d["labels"], dtype=np.int64)
+        return read_cifar_batch(file)
 
     parts = [read(f"data_batch_{i}") for i in range(1, 6)]
     x_train = np.concatenate([p[0] for p in parts])

@@ -137,6 +137,7 @@ def conv_tiles(n, c_out, c_g, k_g, ho, wo, itemsize, limit):
     larger; per tile, ``k_parts`` blocks of input channels in the forward pass (each but the
     first writes a partial output of the batch's size, within ``limit``) and ``dx_blocks``
     in the input gradient. Shapes and limit only: never the thread count."""
+    n = max(n, 1)  # an empty batch is planned as one sample (no kernel runs for it)
     row = k_g * wo * itemsize
     max_rows = max(1, min(_TILE_BYTES // row, limit // row, _BLAS_INT_MAX // (k_g * wo)))
     wanted = min(-(-_TARGET_TASKS // n), max(1, ho * wo // _MIN_TILE_COLS))
