@@ -6,7 +6,6 @@ Needs the onnx and onnxruntime packages (``pip install "cnncore[onnx]" onnxrunti
 installs them); the PyTorch tests also need torch."""
 
 import io
-import os
 import subprocess
 import sys
 import warnings
@@ -120,8 +119,9 @@ def test_zoo_export_checks_and_matches_onnxruntime(name, tmp_path, rng):
     assert_matches(back.forward(x), y, rtol=1e-6, what=f"{name} round trip")
 
 
-@pytest.mark.skipif(os.environ.get("CNNCORE_ONNX_FULL_ZOO") != "1",
-                    reason="the full-size zoo (minutes, several GB): set CNNCORE_ONNX_FULL_ZOO=1")
+# The full-size zoo takes minutes and several GB: part of the long profile (`pytest -m fuzz`,
+# deselected by default like the other long checks) rather than a skip in every run.
+@pytest.mark.fuzz
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_full_size_zoo_matches_onnxruntime(name, rng):
     model = randomize(zoo.get_model(name))
