@@ -8,7 +8,8 @@ import sys
 import pytest
 
 PROBE = ("import json, os, cnncore; from cnncore import _kernels; "
-         "print(json.dumps([_kernels.WAIT_POLICY, 'OMP_WAIT_POLICY' in os.environ, "
+         "print(json.dumps([_kernels.WAIT_POLICY, 'OMP_WAIT_POLICY' in os.environ "
+         "or 'GOMP_SPINCOUNT' in os.environ, "
          "cnncore.config()['omp_wait_policy']]))")
 
 
@@ -22,11 +23,11 @@ def _probe(**env_vars):
     return out
 
 
-def test_passive_by_default_and_the_variable_does_not_leak():
+def test_brief_spin_by_default_and_the_variable_does_not_leak():
     out = _probe()
     assert out.returncode == 0, out.stderr
     policy, leaked, reported = json.loads(out.stdout)
-    assert policy["requested"] == "passive"
+    assert policy["requested"] == "brief"
     assert policy["applied"] in (True, None)  # a fresh process: nothing loaded libgomp before
     assert not leaked
     assert reported == policy
@@ -40,7 +41,8 @@ def test_the_users_own_setting_wins(var):
     assert policy["requested"] is None and var in policy["source"]
 
 
-@pytest.mark.parametrize("choice, requested", [("active", "active"), ("default", None)])
+@pytest.mark.parametrize("choice, requested", [("active", "active"), ("passive", "passive"),
+                                               ("default", None)])
 def test_cnncore_omp_wait_policy_chooses(choice, requested):
     out = _probe(CNNCORE_OMP_WAIT_POLICY=choice)
     assert out.returncode == 0, out.stderr

@@ -49,7 +49,8 @@ def config() -> Dict[str, ConfigValue]:
 def _wait_policy_line(policy: Any) -> str:
     if policy["requested"] is None:
         return f"set by {policy['source']}"
-    line = f"{policy['requested']} (CNNCORE_OMP_WAIT_POLICY; OMP_WAIT_POLICY overrides)"
+    line = (f"{policy['requested']} (CNNCORE_OMP_WAIT_POLICY; OMP_WAIT_POLICY or "
+            "GOMP_SPINCOUNT override it)")
     if policy["applied"] is False:
         line += ": NOT applied, the OpenMP runtime was loaded before cnncore"
     return line
