@@ -248,3 +248,20 @@ def test_set_workspace_limit_rejects_bad_values(bad, error):
     with pytest.raises(error, match="set_workspace_limit"):
         cnncore.set_workspace_limit(bad)
     assert cnncore.get_workspace_limit() == 32 << 20  # unchanged
+
+
+def test_tiles_of_one_sample_race_free_under_repetition(rng):
+    """Each prange task must compute its own tile's rows: they once lived in variables
+    shared by the threads (set through a pointer, which Cython does not make private), so
+    a thread could run with another's rows. Repeated runs at 3 threads, with one-row
+    tiles and channel blocks, must all equal the 1-thread result bit for bit."""
+    x = rng.standard_normal((1, 6, 12, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((1, 4, 5, 4)).astype(np.float32)
+    hp = dict(stride=2, padding=1, groups=2)
+    cnncore.set_workspace_limit(1)
+    want = (F.conv2d(x, w, **hp, n_threads=1), *F.conv2d_backward(gy, x, w, **hp, n_threads=1))
+    for _ in range(200):
+        got = (F.conv2d(x, w, **hp, n_threads=3), *F.conv2d_backward(gy, x, w, **hp, n_threads=3))
+        for a, e in zip(got, want):
+            np.testing.assert_array_equal(a, e)

@@ -77,11 +77,20 @@ cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
     return g
 
 
-cdef inline void _tile(const Geometry* g, Py_ssize_t t,
-                       Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
-    """Output rows [r0, r1) of tile t."""
-    r0[0] = t * g.R
-    r1[0] = r0[0] + g.R if r0[0] + g.R < g.Ho else g.Ho
+cdef inline Py_ssize_t _tile_start(const Geometry* g, Py_ssize_t t) noexcept nogil:
+    """First output row of tile t."""
+    return t * g.R
+
+
+cdef inline Py_ssize_t _tile_stop(const Geometry* g, Py_ssize_t t) noexcept nogil:
+    """One past the last output row of tile t."""
+    return t * g.R + g.R if t * g.R + g.R < g.Ho else g.Ho
+
+
+# Inside a prange body, r0 / r1 must be assigned (r0 = _tile_start(...)), never set through
+# a pointer: Cython makes a variable thread-private only where the loop body assigns it, and
+# a variable written through &r0 stays shared between the threads (a race: tiles computed
+# with another thread's rows).
 
 
 cdef void _im2col(const Geometry* g, const floating* x,                         # IN
@@ -280,7 +289,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
         for task in prange(g.N * g.T * KP, schedule='static'):
             n = task // (g.T * KP)
             b = task % KP
-            _tile(&g, (task // KP) % g.T, &r0, &r1)
+            r0 = _tile_start(&g, (task // KP) % g.T)
+            r1 = _tile_stop(&g, (task // KP) % g.T)
             if b == 0:
                 _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0], has_bias,
                               0, g.Cg // KP, r0, r1, &y[n, 0, r0, 0], g.P, col)
@@ -340,7 +350,8 @@ cdef void _weight_grad_task(const Geometry* g, Py_ssize_t f0, Py_ssize_t f1,
     cdef floating beta
     for f in range(f0, f1):
         n = f // g.T
-        _tile(g, f % g.T, &r0, &r1)
+        r0 = _tile_start(g, f % g.T)
+        r1 = _tile_stop(g, f % g.T)
         L = (r1 - r0) * g.Wo
         beta = 0 if f == f0 else 1
         for grp in range(g.groups):
@@ -420,7 +431,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
             for task in prange(g.N * per * g.CB, schedule='static'):
                 n = task // (per * g.CB)
                 b = task % g.CB
-                _tile(&g, q + ((task // g.CB) % per) * m, &r0, &r1)
+                r0 = _tile_start(&g, q + ((task // g.CB) % per) * m)
+                r1 = _tile_stop(&g, q + ((task // g.CB) % per) * m)
                 _input_grad_tile(&g, &dy[n, 0, 0, 0], &w[0, 0, 0, 0], b * g.Cg // g.CB,
                                  (b + 1) * g.Cg // g.CB, r0, r1, &dx[n, 0, 0, 0], col)
 
