@@ -180,11 +180,18 @@ def measure(impl, batch, steps=5, threads=1, dtype="float32", seed=0, timeout=60
     cmd = [sys.executable, "-m", "cnncore.bench.memory", impl, str(batch),
            "--steps", str(steps), "--threads", str(threads), "--dtype", str(dtype),
            "--seed", str(seed)] + ([] if memory_pool else ["--no-memory-pool"])
+    return run_json_child(cmd, f"{impl} batch {batch}", timeout)
+
+
+def run_json_child(cmd, what, timeout):
+    """Run ``cmd`` (a measurement in a fresh Python process that imports this cnncore) and
+    return the JSON of its last output line; RuntimeError naming ``what`` with the child's
+    error output if it fails or prints nothing."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(),
                           timeout=timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory measurement of {impl} batch {batch} failed (exit "
+        raise RuntimeError(f"memory measurement of {what} failed (exit "
                            f"{proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(lines[-1])
 

@@ -35,7 +35,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -445,13 +444,7 @@ def measure(case, impl, steps=2, threads=1, dtype="float32", seed=0, memory_pool
     cmd = [sys.executable, "-m", "cnncore.bench.models", net_id, case.mode, str(case.batch),
            impl, "--steps", str(steps), "--threads", str(threads), "--dtype", dtype,
            "--seed", str(seed)] + ([] if memory_pool else ["--no-memory-pool"])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_mem._child_env(),
-                          timeout=timeout)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory measurement of {case.name} {impl} failed (exit "
-                           f"{proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    return _mem.run_json_child(cmd, f"{case.name} {impl}", timeout)
 
 
 def main(argv=None):
