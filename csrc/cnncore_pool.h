@@ -16,12 +16,19 @@
  * sizes and ``max_bytes`` in all), smaller ones go straight back to free().
  *
  * Thread safety: one PyThread lock (it does not need the GIL) around the free lists.
+ *
+ * fork(): every live pool is in a registry; cnn_pool_install_atfork registers handlers that
+ * take the registry's mutex and every pool's lock before fork() and release them after it,
+ * in the parent and in the child. A fork() that lands while another thread is inside a
+ * free-list update therefore waits for it, and the child never inherits a lock held by a
+ * thread that does not exist there (which would deadlock its next allocation).
  */
 #ifndef CNNCORE_POOL_H
 #define CNNCORE_POOL_H
 
 #include <Python.h>
 #include <pythread.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +50,8 @@ typedef struct {
     cnn_pool_block *head;
 } cnn_pool_class;
 
-typedef struct {
+typedef struct cnn_pool {
+    struct cnn_pool *prev, *next;   /* the registry of live pools (cnn_pool_registry) */
     PyThread_type_lock lock;
     size_t min_bytes, max_bytes, cached_bytes;
     int active;                 /* 0: cache nothing (outside its `with` block) */
@@ -51,6 +59,26 @@ typedef struct {
     size_t hits, misses, releases;
     cnn_pool_class classes[CNN_POOL_CLASSES];
 } cnn_pool;
+
+static pthread_mutex_t cnn_pool_registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+static cnn_pool *cnn_pool_registry = NULL;
+
+static void cnn_pool_before_fork(void) {
+    pthread_mutex_lock(&cnn_pool_registry_mutex);
+    for (cnn_pool *p = cnn_pool_registry; p != NULL; p = p->next)
+        PyThread_acquire_lock(p->lock, WAIT_LOCK);
+}
+
+static void cnn_pool_after_fork(void) {  /* in the parent and in the child */
+    for (cnn_pool *p = cnn_pool_registry; p != NULL; p = p->next)
+        PyThread_release_lock(p->lock);
+    pthread_mutex_unlock(&cnn_pool_registry_mutex);
+}
+
+/* Register the fork handlers (once per process: call it from the module's init). */
+static int cnn_pool_install_atfork(void) {
+    return pthread_atfork(cnn_pool_before_fork, cnn_pool_after_fork, cnn_pool_after_fork);
+}
 
 static inline size_t cnn_pool_round(size_t size) {
     return (size + CNN_POOL_ALIGN - 1) & ~(size_t)(CNN_POOL_ALIGN - 1);
@@ -197,11 +225,21 @@ static cnn_pool *cnn_pool_new(size_t min_bytes, size_t max_bytes) {
     }
     pool->min_bytes = cnn_pool_round(min_bytes ? min_bytes : 1);
     pool->max_bytes = max_bytes;
+    pthread_mutex_lock(&cnn_pool_registry_mutex);
+    pool->next = cnn_pool_registry;
+    if (cnn_pool_registry != NULL) cnn_pool_registry->prev = pool;
+    cnn_pool_registry = pool;
+    pthread_mutex_unlock(&cnn_pool_registry_mutex);
     return pool;
 }
 
 static void cnn_pool_delete(cnn_pool *pool) {
     if (pool == NULL) return;
+    pthread_mutex_lock(&cnn_pool_registry_mutex);
+    if (pool->prev != NULL) pool->prev->next = pool->next;
+    else cnn_pool_registry = pool->next;
+    if (pool->next != NULL) pool->next->prev = pool->prev;
+    pthread_mutex_unlock(&cnn_pool_registry_mutex);
     cnn_pool_drain(pool);
     PyThread_free_lock(pool->lock);
     free(pool);

@@ -92,6 +92,21 @@ def test_leaky_relu_default_slope_is_001():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_infinities_follow_numpy(dtype):
+    """relu(-inf) is 0, but leaky_relu(-inf, 0) is -inf * 0 = NaN in NumPy and PyTorch: a
+    slope of 0 must not switch to relu's kernel (it did)."""
+    x = np.array([-np.inf, -1.0, 0.0, 2.0, np.inf], dtype=dtype)
+    gy = np.array([np.inf, 1.0, 1.0, -np.inf, 1.0], dtype=dtype)
+    with np.errstate(invalid="ignore"):
+        for slope in (0.0, 0.01):
+            np.testing.assert_array_equal(F.leaky_relu(x, slope), np.where(x > 0, x, x * slope))
+            np.testing.assert_array_equal(F.leaky_relu_backward(gy, x, slope),
+                                          np.where(x > 0, gy, gy * slope))
+    np.testing.assert_array_equal(F.relu(x), [0, 0, 0, 2, np.inf])
+    np.testing.assert_array_equal(F.relu_backward(gy, x), [0, 0, 0, -np.inf, 1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_and_tanh_do_not_overflow(dtype):
     x = np.array([-1e4, -1000, -100, 100, 1000, 1e4], dtype=dtype)
     with np.errstate(over="raise", invalid="raise"):  # no overflow / nan on the way

@@ -134,6 +134,33 @@ def test_run_case_checks_and_can_fail(monkeypatch):
     assert row["check"] == "MISMATCH" and row["rel_error"] > 1e-3
 
 
+@needs_torch
+def test_float32_training_rows_judge_gradients_in_float64(monkeypatch):
+    """float32 gradients may differ by ReLU mask flips, so a float32 training row is judged
+    by a float64 step; a twin whose gradients are wrong (scaled by 1.001, well inside the
+    old float32 tolerance of 1e-2) is caught there."""
+    torch.set_num_threads(1)
+    case = models.Case(models.NETWORKS[0], "train", 4)
+    kw = dict(warmup=0, repeats=1, budget=0, min_repeats=1, settle=0)
+    row = models.run_case(case, torch, 1, **kw)
+    assert row["check"] == "ok" and row["grad_rel_error_f64"] < 1e-12
+    real = models.torch_call
+
+    def scaled_gradients(torch_, tmodel, mode, x, labels):
+        fn = real(torch_, tmodel, mode, x, labels)
+
+        def step():
+            out = fn()
+            for p in tmodel.parameters():
+                if p.grad is not None:
+                    p.grad *= 1.001
+            return out
+        return step
+    monkeypatch.setattr(models, "torch_call", scaled_gradients)
+    row = models.run_case(case, torch, 1, **kw)
+    assert row["check"] == "MISMATCH" and 1e-4 < row["grad_rel_error_f64"] < 1e-2
+
+
 def _smoke(tmp_path, *extra):
     out = tmp_path / "models.json"
     proc = subprocess.run(

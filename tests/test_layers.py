@@ -341,8 +341,10 @@ def test_dtype_errors_and_bad_arguments():
     conv = Conv2d(1, 2, 3)
     with pytest.raises(TypeError, match="expected a float32 input.*got float64"):
         conv.forward(np.zeros((1, 1, 5, 5)))
-    with pytest.raises(TypeError, match="uint8"):
-        conv.forward(np.zeros((1, 1, 5, 5), np.uint8))
+    with pytest.raises(TypeError, match="int32"):  # int32 -> float32 could lose digits
+        conv.forward(np.zeros((1, 1, 5, 5), np.int32))
+    with pytest.raises(TypeError, match="complex128"):
+        conv.forward(np.zeros((1, 1, 5, 5), np.complex128))
     with pytest.raises(RuntimeError, match="backward\\(\\) called before forward"):
         Conv2d(1, 2, 3).backward(np.zeros((1, 2, 3, 3), np.float32))
     with pytest.raises(ValueError, match="divisible by groups"):
@@ -353,6 +355,29 @@ def test_dtype_errors_and_bad_arguments():
         Linear(2, 3, dtype=np.float16)
     with pytest.raises(ValueError, match="p must be in"):
         Dropout(1.5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint8", "int8", "bool", ">f4", "<f4"])
+@pytest.mark.parametrize("make", [lambda: Conv2d(2, 3, 3, padding=1),
+                                  lambda: Sequential(Flatten(), Linear(2 * 4 * 4, 3)),
+                                  lambda: BatchNorm2d(2)],
+                         ids=["Conv2d", "Linear", "BatchNorm2d"])
+def test_inputs_numpy_casts_safely_are_converted(make, dtype, rng):
+    """float16, bool, small integers and byte-swapped floats reach a float32 layer as NumPy
+    would cast them (losslessly), with the result of the converted input and its gradient."""
+    layer = make().initialize(0)
+    x = (rng.standard_normal((2, 2, 4, 4)) * 3).astype(dtype)
+    want = layer.forward(x.astype(np.float32))
+    gy = rng.standard_normal(want.shape).astype(np.float32)
+    gx_want = layer.backward(gy)
+    y = layer.forward(x)
+    assert y.dtype == np.float32 and y.dtype.isnative
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(layer.backward(gy), gx_want)
+    if dtype in ("float16", "uint8"):  # and a float64 layer takes int32 (exact in float64)
+        layer64 = make().initialize(0).astype(np.float64)
+        xi = x.astype(np.int32)
+        np.testing.assert_array_equal(layer64.forward(xi), layer64.forward(xi.astype(float)))
 
 
 # ----------------------------------------------------------------------------- init

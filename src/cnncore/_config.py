@@ -7,6 +7,22 @@ from typing import Optional
 
 _num_threads: Optional[int] = None
 
+# GNU OpenMP (libgomp) cannot start a team of threads in a child process made by fork() once
+# the parent has run one (in cnncore or in any library sharing libgomp, e.g. PyTorch): the
+# child's first parallel region waits for threads that were not copied, for ever. So in such
+# a child every cnncore kernel runs on one thread (PyTorch's DataLoader workers do the same).
+# multiprocessing's "spawn" and "forkserver" start methods give workers that can use threads.
+forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global forked_child
+    forked_child = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def _cpu_count() -> int:
     try:
@@ -19,7 +35,11 @@ def set_num_threads(n: Optional[int]) -> None:
     """Set the default thread count of every parallel kernel (``None`` restores the default).
 
     The default is ``$CNNCORE_NUM_THREADS`` if set, else the number of usable cores.
-    A kernel's own ``n_threads=`` argument overrides it for one call.
+    A kernel's own ``n_threads=`` argument overrides it for one call. In a child process
+    made by ``os.fork()`` (multiprocessing's default start method on Linux) kernels run on
+    one thread whatever is set here: GNU OpenMP cannot start threads there once the parent
+    has used them; start workers with ``multiprocessing.get_context("spawn")`` or
+    ``"forkserver"`` to give them threads.
     """
     global _num_threads
     if n is not None:
@@ -30,7 +50,10 @@ def set_num_threads(n: Optional[int]) -> None:
 
 
 def get_num_threads() -> int:
-    """The thread count a kernel uses when called with ``n_threads=None``."""
+    """The thread count a kernel uses when called with ``n_threads=None`` (1 in a child
+    process made by ``os.fork()``: see :func:`set_num_threads`)."""
+    if forked_child:
+        return 1
     if _num_threads is not None:
         return _num_threads
     env = os.environ.get("CNNCORE_NUM_THREADS", "").strip()

@@ -23,6 +23,10 @@ cdef extern from "cnncore_pool.h" nogil:
     void* cnn_pool_calloc(void* ctx, size_t nelem, size_t elsize)
     void* cnn_pool_realloc(void* ctx, void* ptr, size_t new_size)
     void cnn_pool_free(void* ctx, void* ptr, size_t size)
+    int cnn_pool_install_atfork()
+
+if cnn_pool_install_atfork() != 0:  # fork() safety of the pools' locks (cnncore_pool.h)
+    raise OSError("memory_pool: pthread_atfork failed")
 
 cdef const char* CAPSULE_NAME = b"mem_handler"  # the name NumPy requires
 

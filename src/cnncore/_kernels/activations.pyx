@@ -59,22 +59,25 @@ cdef inline void _leaky_backward(floating* dx, const floating* dy, const floatin
             cnn_leaky_relu_backward_d(dx, dy, x, n, slope)
 
 
-def leaky_relu_forward(const floating[::1] x, floating[::1] y, double slope, int n_threads):
-    """``y = x if x > 0 else slope * x``; slope 0 is ReLU (exactly 0, even for x = -inf)."""
+def leaky_relu_forward(const floating[::1] x, floating[::1] y, double slope, bint plain,
+                       int n_threads):
+    """``y = x if x > 0 else slope * x``; ``plain`` is ReLU (``max(x, 0)``: exactly 0 even
+    for x = -inf, where a slope of 0 gives ``0 * -inf = nan``, as NumPy and PyTorch do)."""
     cdef Py_ssize_t blk, n = x.shape[0]
     for blk in prange((n + BLOCK - 1) // BLOCK, nogil=True, schedule='static',
                       num_threads=n_threads):
-        _leaky(&y[blk * BLOCK], &x[blk * BLOCK], _block_len(blk, n), <floating> slope, slope == 0)
+        _leaky(&y[blk * BLOCK], &x[blk * BLOCK], _block_len(blk, n), <floating> slope, plain)
 
 
 def leaky_relu_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
-                        double slope, int n_threads):
-    """``dx = dy if x > 0 else slope * dy``; slope 0 gives exactly 0 (even for dy = inf)."""
+                        double slope, bint plain, int n_threads):
+    """``dx = dy if x > 0 else slope * dy``; ``plain`` is ReLU's gradient (exactly 0 where
+    ``x <= 0``, even for dy = inf; a slope of 0 gives ``0 * inf = nan`` there)."""
     cdef Py_ssize_t blk, n = x.shape[0]
     for blk in prange((n + BLOCK - 1) // BLOCK, nogil=True, schedule='static',
                       num_threads=n_threads):
         _leaky_backward(&dx[blk * BLOCK], &dy[blk * BLOCK], &x[blk * BLOCK],
-                        _block_len(blk, n), <floating> slope, slope == 0)
+                        _block_len(blk, n), <floating> slope, plain)
 
 
 def sigmoid_forward(const floating[::1] x, floating[::1] y, int n_threads):

@@ -18,7 +18,9 @@ timed call; training one extra step first, with the Dropout layers switched off 
 sides, whose logits (and parameter gradients, reported as ``grad_rel_error``) must agree.
 The error is ``max |cnncore - torch| / max |torch|`` (logits: at most 1e-4 in float32, 1e-9
 in float64; gradients: :data:`GRAD_TOLERANCE`): the row's check is ``ok`` or
-``MISMATCH``. The classifier head, which the zoo starts at zero, is drawn at random so
+``MISMATCH``. The gradients of a float32 row are checked by one more step in float64
+(``grad_rel_error_f64``, :func:`float64_grad_error`: float32 ReLU masks may differ where a
+pre-activation is within rounding of 0); ``grad_rel_error`` is reported, not judged. The classifier head, which the zoo starts at zero, is drawn at random so
 that the logits are not all zero.
 
 Times are medians of ``repeats`` calls after ``warmup`` calls; a case whose calls are
@@ -50,10 +52,10 @@ __all__ = ["Net", "Case", "NETWORKS", "plan", "select_networks", "build_model", 
 IMPLS = ("cnncore", "torch")
 LR, MOMENTUM = 0.01, 0.9
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
-#: Parameter gradients are compared loosely: through train-mode BatchNorm the early layers'
-#: float32 gradients of *both* libraries are about 1e-3 away from a float64 computation
-#: (ResNet-18 CIFAR, width 64, batch 16: cnncore 2.5e-3, torch 3.7e-3 of the largest
-#: gradient), while a wrong gradient is off by order 1.
+#: Parameter gradients: float32 rows are judged by a float64 step (float64_grad_error), as
+#: a ReLU input within rounding of 0 flips its mask in float32 and moves a few gradients by
+#: up to 1e-1 relative, in either library (ResNet-18 at 224, batch 8: 3 flips, 2.6e-3 overall,
+#: 2.2e-2 on one layer's weights); the float32 figure stays in the row as information.
 GRAD_TOLERANCE = {"float32": 1e-2, "float64": 1e-8}
 
 
@@ -244,6 +246,24 @@ def _no_dropout(model, tmodel):
             d.training = True
 
 
+def float64_grad_error(case, torch, seed=0):
+    """The training check of a float32 row, redone in float64: one step of the model and its
+    twin, both in float64, and their :func:`grad_error`. In float32 a ReLU whose input lies
+    within rounding of 0 (3 of ResNet-18's 3.3 million pre-activations at batch 8) takes the
+    other branch on one side, which moves a few gradients by up to 1e-1 relative, in
+    cnncore as in torch against float64; in float64 the two agree to about 1e-14, so a real
+    difference stands out."""
+    from .. import interop
+    model = build_model(case.net, "float64", seed)
+    x, labels = make_batch(case.net, case.batch, "float64", seed)
+    tmodel = interop.to_torch(model)
+    with _no_dropout(model, tmodel):
+        cnncore_call(model, "train", x, labels)()
+        grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+        torch_call(torch, tmodel, "train", x, labels)()
+    return grad_error(grads, tmodel)
+
+
 def grad_error(grads, tmodel):
     """``max |g_cnncore - g_torch|`` over every parameter / ``max |g_torch|``; ``grads``:
     ``{name: cnncore gradient}``, the torch module's names."""
@@ -369,7 +389,10 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
         key = "check_" if case.mode == "train" else ""
         row["rel_error"] = rel_error(outputs[key + "cnncore"], outputs[key + "torch"])
         ok = row["rel_error"] <= TOLERANCE[dtype]
-        if "grad_rel_error" in row:
+        if "grad_rel_error" in row and dtype != "float64":
+            row["grad_rel_error_f64"] = float64_grad_error(case, torch, seed)
+            ok = ok and row["grad_rel_error_f64"] <= GRAD_TOLERANCE["float64"]
+        elif "grad_rel_error" in row:
             ok = ok and row["grad_rel_error"] <= GRAD_TOLERANCE[dtype]
         row["check"] = "ok" if ok else "MISMATCH"
         row["ratio_torch"] = row["times"]["cnncore"]["median"] / row["times"]["torch"]["median"]

@@ -30,7 +30,7 @@ def _view(v, ndim):
 def _forward(layer, comm, x):
     if not layer.training:
         return type(layer).forward(layer, x)
-    layer._check_dtype(x)
+    x = layer._check_dtype(x)
     layer._check(x.shape)
     c, nd = x.shape[1], x.ndim
     axes = (0,) + tuple(range(2, nd))

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .. import _config
 from .._config import resolve_threads
 
 # A parallel region costs microseconds on an idle machine and far more when another process
@@ -28,6 +29,8 @@ def _threads(n_threads, where, tasks, flops=0, nbytes=0,
     # a plain positive int (the common case) skips resolve_threads' numbers.Integral check
     n = n_threads if type(n_threads) is int and n_threads > 0 else resolve_threads(n_threads,
                                                                                    where)
+    if _config.forked_child:  # libgomp cannot start threads after fork() (see _config)
+        return 1
     by_work = max(flops // _MIN_FLOPS_PER_THREAD, nbytes // bytes_per_thread, 1)
     return int(max(1, min(n, tasks, by_work)))
 

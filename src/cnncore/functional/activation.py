@@ -26,13 +26,13 @@ def _elementwise(where, kernel, x, *extra, grad_out=None, n_threads=None):
 
 def relu(x, n_threads=None):
     """``max(x, 0)``, element-wise, any shape."""
-    return _elementwise("relu", _act.leaky_relu_forward, x, 0.0, n_threads=n_threads)
+    return _elementwise("relu", _act.leaky_relu_forward, x, 0.0, True, n_threads=n_threads)
 
 
 def relu_backward(grad_out, x, n_threads=None):
     """``grad_out`` where ``x > 0``, else 0."""
     check_given("relu_backward", "grad_out", grad_out)
-    return _elementwise("relu_backward", _act.leaky_relu_backward, x, 0.0, grad_out=grad_out,
+    return _elementwise("relu_backward", _act.leaky_relu_backward, x, 0.0, True, grad_out=grad_out,
                         n_threads=n_threads)
 
 
@@ -46,7 +46,7 @@ def leaky_relu(x, negative_slope=0.01, n_threads=None):
     """``x`` where ``x > 0``, else ``negative_slope * x``."""
     where = "leaky_relu"
     return _elementwise(where, _act.leaky_relu_forward, x, _slope(where, negative_slope),
-                        n_threads=n_threads)
+                        False, n_threads=n_threads)
 
 
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
@@ -54,7 +54,7 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, n_threads=None):
     where = "leaky_relu_backward"
     check_given(where, "grad_out", grad_out)
     return _elementwise(where, _act.leaky_relu_backward, x, _slope(where, negative_slope),
-                        grad_out=grad_out, n_threads=n_threads)
+                        False, grad_out=grad_out, n_threads=n_threads)
 
 
 def sigmoid(x, n_threads=None):

@@ -411,16 +411,23 @@ class Layer:
         return RuntimeError(f"{self!r}: backward() called before forward()")
 
     def _check_dtype(self, x):
-        """Floating inputs must match the parameters' dtype."""
+        """``x`` in the layer's dtype. An input that NumPy casts to it without loss
+        (``np.can_cast(x.dtype, dtype, "safe")``: float16, bool, small integers, byte-swapped
+        floats) is converted, as the functional kernels do; other dtypes are refused (a
+        float64 input to a float32 layer would lose precision)."""
         want = self._dtype
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self!r}: expected a numpy array, got {type(x).__name__}")
-        if x.dtype != want:
-            raise TypeError(f"{self!r}: expected a {want} input (the layer's dtype), got {x.dtype}; "
-                            f"convert the data (x.astype(np.{want})) or the model "
-                            f"(model.astype(np.{x.dtype}))" if x.dtype.kind == "f" else
-                            f"{self!r}: expected a {want} input, got {x.dtype}; convert the data "
-                            f"first, e.g. x.astype(np.float32) / 255 for uint8 images")
+        if x.dtype == want:
+            return x
+        if np.can_cast(x.dtype, want, "safe"):
+            return x.astype(want)
+        if x.dtype.kind == "f":
+            raise TypeError(f"{self!r}: expected a {want} input (the layer's dtype), got "
+                            f"{x.dtype}; convert the data (x.astype(np.{want})) or the model "
+                            f"(model.astype(np.{x.dtype}))")
+        raise TypeError(f"{self!r}: expected a {want} input, got {x.dtype}; convert the data "
+                        f"first, e.g. x.astype(np.float32) / 255 for uint8 images")
 
 
 class WeightedLayer(Layer):

@@ -163,7 +163,7 @@ class Conv2d(_ConvNd):
         return self._transforms, self.weight.version
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check_input(x.shape)
         cache, token = self._cache()
         y = F.conv._conv_forward("conv2d", x, self.weight.data, self._bias_data(),
@@ -195,7 +195,7 @@ class Conv1d(_ConvNd):
     _nd = 1
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check_input(x.shape)
         y = F.conv1d(x, self.weight.data, self._bias_data(), self.stride[0], self._pad[0],
                      self.dilation[0], self.groups)

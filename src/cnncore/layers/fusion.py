@@ -71,7 +71,7 @@ class FusedConv2d(_InferenceOnly, Conv2d):
         self.training = False
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check_input(x.shape)
         cache, token = self._cache()  # Winograd transforms kept between calls
         y = F.conv._conv_forward("conv2d", x, self.weight.data, self._bias_data(), self.stride,
@@ -96,7 +96,7 @@ class FusedBatchNorm2d(_InferenceOnly, BatchNorm2d):
         self.training = False
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check(x.shape)
         if not self.relu:
             return F.batch_norm(x, self.weight.data, self.bias.data, self.running_mean,

@@ -51,7 +51,7 @@ class Linear(WeightedLayer):
         return (self.out_features,)
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check(x.shape)
         self._x = x
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)

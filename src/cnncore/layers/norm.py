@@ -67,7 +67,7 @@ class _BatchNorm(Layer):
         return tuple(input_shape)
 
     def forward(self, x):
-        self._check_dtype(x)
+        x = self._check_dtype(x)
         self._check(x.shape)
         y, mean, inv_std = K.batch_norm(x, self.weight.data, self.bias.data, self.running_mean,
                                         self.running_var, self.training, self.momentum, self.eps)
