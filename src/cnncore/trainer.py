@@ -157,7 +157,8 @@ class Trainer:
     stop_training : bool
         Set by a callback to end ``fit`` after the current epoch.
     interrupted : bool
-        True when the last ``fit`` was stopped by Ctrl-C, False otherwise. The first Ctrl-C
+        True when the last ``fit`` was stopped by Ctrl-C (or any KeyboardInterrupt), False
+        otherwise. The first Ctrl-C
         during ``fit`` (in the main thread, when SIGINT has Python's default handler, not in
         distributed mode) lets the current step finish, then ``fit`` stops: a partial epoch
         runs no ``on_epoch_end`` callbacks (so a :class:`~cnncore.callbacks.ModelCheckpoint`
@@ -285,21 +286,27 @@ class Trainer:
         session = contextlib.nullcontext() if dist is None else dist.fit_session(self)
         self.interrupted = False
         guard = _interrupt.SigintGuard(enabled=dist is None)
-        with guard:  # restores the SIGINT handler, whatever happens
-            with self._allocator(), session:
-                history, stopped_at = self._fit(x, y, epochs, batch_size, validation_data,
-                                                shuffle, seed, callbacks, verbose, transform,
-                                                guard)
+        try:
+            with guard:  # restores the SIGINT handler, whatever happens
+                with self._allocator(), session:
+                    history, stopped_at = self._fit(x, y, epochs, batch_size,
+                                                    validation_data, shuffle, seed, callbacks,
+                                                    verbose, transform, guard)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one with another handler
+            self.interrupted = True
+            raise
         if guard.requested:  # checked after the handler is restored: no Ctrl-C gets lost
             self.interrupted = True
             raise KeyboardInterrupt(self._interrupt_message(stopped_at))
         return history
 
     def _interrupt_message(self, stopped_at):
-        done = f"{self.epoch} complete epoch{'s' * (self.epoch != 1)}"
+        e = self.epoch
+        saved = (f"checkpoints saved at epoch ends go up to epoch {e}" if e else
+                 "no epoch-end checkpoint yet")
         return (f"Trainer.fit stopped by Ctrl-C after step {self.global_step}{stopped_at}; "
-                f"{done}: the last checkpoint is the one of epoch {self.epoch} (the weights "
-                "in memory are those after the last step)")
+                f"{e} complete epoch{'s' * (e != 1)}: {saved} (the model in memory holds the "
+                f"weights after step {self.global_step})")
 
     def _allocator(self):
         """The ``with`` block that ``fit``, ``evaluate`` and ``predict`` run in; nothing new
