@@ -12,7 +12,7 @@ from cnncore._gradients import describe, nonfinite
 from cnncore.callbacks import Callback, ModelCheckpoint
 from cnncore.layers import Conv2d, Flatten, Linear, MaxPool2d, Parameter, ReLU, Sequential
 from cnncore.losses import SoftmaxCrossEntropy
-from cnncore.optim import Adam
+from cnncore.optim import SGD, Adam
 from cnncore.serialization import load_checkpoint
 from cnncore.trainer import Trainer, TrainingDiverged
 
@@ -153,14 +153,34 @@ def test_nonfinite_sum_overflow_is_not_an_error():
     p.grad[:] = 3e38  # finite, but the float32 sum overflows to inf
     with np.errstate(over="ignore"):
         assert not np.isfinite(p.grad.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and NumPy's overflow warning is not let out
         assert not nonfinite([p])
         p.grad[7] = np.inf
         assert nonfinite([p])
         p.grad[7] = np.nan
         assert nonfinite([p])
         p.grad[:] = -3e38
-        p.grad[0] = 3e38  # inf - inf would be nan: still finite values
+        p.grad[:500] = 3e38  # partial sums overflow both ways: still finite values
         assert not nonfinite([p])
+
+
+def test_huge_finite_gradients_train_without_a_warning():
+    x, y = data()
+    t = new_trainer()
+    t.optimizer = SGD(t.model.parameters(), lr=1e-39)  # (Adam would overflow squaring)
+    layer = t.model.named_layers()[-1][1]
+    backward = layer.backward
+
+    def huge(grad_out):
+        out = backward(grad_out)
+        layer.weight.grad[...] = 3e38  # finite; its sum overflows float32
+        return out
+    layer.backward = huge
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+    assert t.global_step == 4 and t.skipped_steps == 0
 
 
 def test_describe_lists_the_last_layer_first_and_limits_the_list():

@@ -25,11 +25,13 @@ def check_mode(value, where="Trainer"):
 
 
 def nonfinite(params):
-    """True when the gradient of one of ``params`` holds a NaN or an infinity."""
-    for p in params:
-        g = p.grad
-        if not math.isfinite(g.sum()) and not np.isfinite(g).all():
-            return True
+    """True when the gradient of one of ``params`` holds a NaN or an infinity (a sum that
+    overflows, which NumPy would warn about, is not reported)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for p in params:
+            g = p.grad
+            if not math.isfinite(g.sum()) and not np.isfinite(g).all():
+                return True
     return False
 
 
