@@ -9,6 +9,11 @@ train OUT DTYPE BN SYNC [OVERLAP]
 fail RANK
     Training data with a NaN sample that lands on rank RANK's shard of batch 3: that rank
     raises TrainingDiverged while the other waits in the gradient sum.
+nangrad CHECK
+    Rank 1 alone leaves a NaN in its local gradient at batch 3 (the loss stays finite);
+    ``Trainer(check_gradients=CHECK)`` must see it on every rank, after the gradient sum:
+    "raise" raises on both ranks (each prints its error), "warn" skips the step on both
+    (same weights). Also checks that fit leaves SIGINT's handler alone in distributed mode.
 resume DIR
     Two epochs in one ``fit``, then one epoch with a ModelCheckpoint and a CSVLogger
     (rank 0 only) and a second one resumed on every rank with ``Trainer.from_checkpoint``:
@@ -21,12 +26,15 @@ mnist URL CHECKSUMS_JSON EXPECTED_NPZ
 """
 
 import json
+import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from cnncore import Trainer
+from cnncore.trainer import TrainingDiverged
 from cnncore.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from cnncore.losses import SoftmaxCrossEntropy
 from cnncore.optim import SGD
@@ -69,6 +77,45 @@ def train(dtype, bn, distributed=None, sync_batchnorm=False, init_seed=0):
     return out
 
 
+def nan_gradient(check):
+    from mpi4py import MPI
+    from cnncore.callbacks import Callback
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    x, y = data(np.float64)
+    model = build(np.float64, False)
+    layer = model.named_layers()[-1][1]
+    backward, calls = layer.backward, []
+
+    def poisoned(grad_out):  # rank 1's share of batch 3 only
+        out = backward(grad_out)
+        calls.append(1)
+        if rank == 1 and len(calls) == 3:
+            layer.weight.grad[0, 0] = np.nan
+        return out
+    layer.backward = poisoned
+
+    class SigintUntouched(Callback):
+        def on_batch_end(self, trainer, batch, logs):
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.05),
+                      distributed="mpi", check_gradients=check)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(x, y, epochs=1, batch_size=BATCH, shuffle=False, verbose=0,
+                        callbacks=[SigintUntouched()])
+        except TrainingDiverged as e:  # every rank must get here, at the same step
+            print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    digest = [float(v.sum()) for v in model.state_dict().values()]
+    digests = comm.allgather(digest)
+    assert digests[0] == digests[1], digests
+    print(f"rank {rank} steps {trainer.global_step} skipped {trainer.skipped_steps} "
+          f"warnings {len(caught)}: {[str(w.message) for w in caught]}", flush=True)
+
+
 def main(argv):
     mode = argv[0]
     if mode == "train":
@@ -95,6 +142,8 @@ def main(argv):
         print(f"rank {rank} starts at {time.time():.3f}", flush=True)
         trainer.fit(x, y, epochs=1, batch_size=BATCH, shuffle=False, verbose=0)
         print(f"rank {rank} finished training (it should not)", flush=True)
+    elif mode == "nangrad":
+        nan_gradient(argv[1])
     elif mode == "resume":
         from mpi4py import MPI
         from cnncore.callbacks import CSVLogger, ModelCheckpoint

@@ -184,6 +184,23 @@ def test_checkpoint_on_rank_zero_resume_on_every_rank(tmp_path):
 
 
 @needs_mpi
+def test_nonfinite_gradient_on_one_rank_is_seen_by_every_rank_after_the_sum():
+    """Rank 1's local gradient holds a NaN at batch 3 (finite loss). check_gradients runs on
+    the summed gradients: with "warn" both ranks skip that step (rank 0 warns) and stay
+    identical; with "raise" both ranks raise at that step, before updating."""
+    res, _ = run_mpi("nangrad", "warn")
+    for rank, warned in ((0, 1), (1, 0)):
+        assert f"rank {rank} steps 6 skipped 1 warnings {warned}" in res.stdout, res.stdout
+    assert "non-finite gradient at epoch 1, batch 3/7 (step 3) on rank 0: '4.weight' " \
+        "(Linear) has 1 non-finite value of 320" in res.stdout, res.stdout
+    res, _ = run_mpi("nangrad", "raise")
+    for rank in (0, 1):
+        assert f"rank {rank} raised TrainingDiverged: non-finite gradient at epoch 1, batch " \
+            f"3/7 (step 3) on rank {rank}: '4.weight'" in res.stdout, res.stdout
+        assert f"rank {rank} steps 2 skipped 0 warnings 0" in res.stdout, res.stdout
+
+
+@needs_mpi
 @pytest.mark.parametrize("bad_rank", [1, 0])
 def test_failure_on_one_rank_stops_both(bad_rank):
     """A NaN sample in one rank's shard: that rank raises TrainingDiverged; the abort hook

@@ -6,7 +6,9 @@ A callback overrides any of ``on_train_begin(trainer)``, ``on_epoch_begin(traine
 0-based global epoch index (``trainer.epoch`` counts completed epochs and is already
 incremented when ``on_epoch_end`` runs); ``logs`` is a dict of floats (``loss``,
 ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``images_per_sec``).
-Setting ``trainer.stop_training = True`` ends ``fit`` after the current epoch.
+Setting ``trainer.stop_training = True`` ends ``fit`` after the current epoch. After a
+Ctrl-C, ``fit`` stops after the current step: a partial epoch gets no ``on_epoch_end``, and
+``on_train_end`` still runs (see ``Trainer.interrupted``).
 
 A callback whose ``rank_zero_only`` attribute is True (checkpoints, loggers) runs only on
 rank 0 of a distributed Trainer; the others run on every rank (with the same logs).
@@ -216,6 +218,9 @@ class EarlyStopping(Callback):
 
 class ModelCheckpoint(Callback):
     """Save a checkpoint at the end of epochs (atomically: temporary file + ``os.replace``).
+
+    Only complete epochs are saved: after a Ctrl-C in the middle of an epoch the file keeps
+    the last complete one, and a Ctrl-C during a save lets the save finish.
 
     Parameters
     ----------

@@ -12,15 +12,21 @@ Data parallelism: ``Trainer(..., distributed="mpi")`` under ``mpiexec -n R`` (se
 :mod:`cnncore.distributed`): every rank calls ``fit`` / ``evaluate`` / ``predict`` with the
 same arrays, computes its contiguous slice of each global batch and sums the gradients
 over the ranks (in rank order) before each step; rank 0 alone prints, logs and saves.
+
+Ctrl-C during ``fit`` stops after the current step (see :class:`Trainer`, ``interrupted``);
+NaN or infinite losses and gradients raise :class:`TrainingDiverged` before the step that
+would have spoilt the weights (``check_gradients``).
 """
 
 import contextlib
 import math
 import sys
 import time
+import warnings
 
 import numpy as np
 
+from . import _gradients, _interrupt
 from . import memory as _memory
 from . import serialization
 from .callbacks import Callback, History
@@ -32,7 +38,8 @@ __all__ = ["Trainer", "TrainingDiverged"]
 
 
 class TrainingDiverged(FloatingPointError, RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and the batch."""
+    """The loss or a gradient became NaN or infinite; the message names the epoch, the batch
+    and the step (and, for a gradient, the parameters and their layers)."""
 
 
 def _tqdm():
@@ -130,6 +137,16 @@ class Trainer:
         With ``distributed``: BatchNorm layers normalise with the statistics of the global
         batch (as one process would). Default False: per-rank statistics (PyTorch DDP's
         default); running statistics are taken from rank 0 after every epoch.
+    check_gradients : {"raise", "warn", "off", None}
+        After backward (and, with ``distributed``, after the gradients are summed over the
+        ranks, so every rank decides alike), check that every gradient is finite. "raise"
+        (the default): raise :class:`TrainingDiverged` naming the parameters and their
+        layers, the epoch, the batch and the step, *before* the optimiser step (the weights
+        stay those of the last good step; a checkpoint on disk is untouched). "warn": a
+        ``RuntimeWarning`` with the same text (on rank 0), and the step is skipped, as
+        ``torch.cuda.amp.GradScaler`` does: the optimiser does not update on that batch,
+        ``global_step`` does not advance, ``skipped_steps`` does. "off" or None: no check.
+        Cost: one sum per parameter (about 1 % of a LeNet-5 step at batch 64).
 
     Attributes
     ----------
@@ -139,10 +156,23 @@ class Trainer:
         Optimiser steps taken.
     stop_training : bool
         Set by a callback to end ``fit`` after the current epoch.
+    interrupted : bool
+        True when the last ``fit`` was stopped by Ctrl-C (or any KeyboardInterrupt), False
+        otherwise. The first Ctrl-C
+        during ``fit`` (in the main thread, when SIGINT has Python's default handler, not in
+        distributed mode) lets the current step finish, then ``fit`` stops: a partial epoch
+        runs no ``on_epoch_end`` callbacks (so a :class:`~cnncore.callbacks.ModelCheckpoint`
+        keeps the last complete epoch; ``epoch`` counts complete epochs only), a Ctrl-C
+        during the epoch-end work (validation, a checkpoint save) lets that work finish;
+        ``on_train_end`` callbacks run, then ``fit`` raises :class:`KeyboardInterrupt`. A
+        second Ctrl-C raises at once. The model in memory holds the weights after the last
+        step; to continue exactly, resume from the last checkpoint.
+    skipped_steps : int
+        Batches whose step was skipped for non-finite gradients (``check_gradients="warn"``).
     """
 
     def __init__(self, model, loss, optimizer, seed=None, memory_pool=True, distributed=None,
-                 sync_batchnorm=False):
+                 sync_batchnorm=False, check_gradients="raise"):
         if not isinstance(loss, Loss):
             raise TypeError(f"Trainer: loss must be a cnncore.losses.Loss, got {type(loss).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -153,9 +183,12 @@ class Trainer:
                             f"cnncore.memory_pool, got {type(memory_pool).__name__}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.memory_pool = memory_pool
+        self.check_gradients = _gradients.check_mode(check_gradients)
         self.epoch = 0
         self.global_step = 0
+        self.skipped_steps = 0
         self.stop_training = False
+        self.interrupted = False
         self._rng = np.random.default_rng(seed)
         self._dist = None
         if distributed is not None:
@@ -239,16 +272,41 @@ class Trainer:
         Raises
         ------
         TrainingDiverged
-            When the loss becomes NaN or infinite (message names epoch and batch).
+            When the loss, or a gradient (``check_gradients="raise"``), becomes NaN or
+            infinite; the message names the epoch, the batch and the step.
+        KeyboardInterrupt
+            After a Ctrl-C, once the current step (or the epoch-end work it landed in) is
+            done and the ``on_train_end`` callbacks have run (see ``interrupted``). In
+            distributed mode Ctrl-C keeps Python's default behaviour.
         """
         dist = self._dist
         if dist is not None and dist.rank != 0:
             verbose = 0
             callbacks = [cb for cb in callbacks or [] if not getattr(cb, "rank_zero_only", False)]
         session = contextlib.nullcontext() if dist is None else dist.fit_session(self)
-        with self._allocator(), session:
-            return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed,
-                             callbacks, verbose, transform)
+        self.interrupted = False
+        guard = _interrupt.SigintGuard(enabled=dist is None)
+        try:
+            with guard:  # restores the SIGINT handler, whatever happens
+                with self._allocator(), session:
+                    history, stopped_at = self._fit(x, y, epochs, batch_size,
+                                                    validation_data, shuffle, seed, callbacks,
+                                                    verbose, transform, guard)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one with another handler
+            self.interrupted = True
+            raise
+        if guard.requested:  # checked after the handler is restored: no Ctrl-C gets lost
+            self.interrupted = True
+            raise KeyboardInterrupt(self._interrupt_message(stopped_at))
+        return history
+
+    def _interrupt_message(self, stopped_at):
+        e = self.epoch
+        saved = (f"checkpoints saved at epoch ends go up to epoch {e}" if e else
+                 "no epoch-end checkpoint yet")
+        return (f"Trainer.fit stopped by Ctrl-C after step {self.global_step}{stopped_at}; "
+                f"{e} complete epoch{'s' * (e != 1)}: {saved} (the model in memory holds the "
+                f"weights after step {self.global_step})")
 
     def _allocator(self):
         """The ``with`` block that ``fit``, ``evaluate`` and ``predict`` run in; nothing new
@@ -260,7 +318,8 @@ class Trainer:
         return self.memory_pool
 
     def _fit(self, x, y, epochs, batch_size, validation_data, shuffle, seed, callbacks,
-             verbose, transform):
+             verbose, transform, guard):
+        """The training loop; returns ``(history, where it stopped after a Ctrl-C)``."""
         x, y = self._check(x, y, "fit")
         if validation_data is not None:
             if len(validation_data) != 2:
@@ -287,7 +346,9 @@ class Trainer:
                              f"{batch_size} on {n} samples leaves a smaller last batch")
         history = History()
         params = self.model.parameters()
+        check_grads = self.check_gradients != "off"
         self.stop_training = False
+        stopped_at = ""
         for cb in callbacks:
             cb.on_train_begin(self)
         first, last = self.epoch, self.epoch + epochs
@@ -335,8 +396,11 @@ class Trainer:
                         loss_sum, correct, _ = dist.reduce_step(
                             loss * (hi - lo), -1 if correct is None else correct, hi - lo)
                         loss, correct = loss_sum / m, None if correct < 0 else int(correct)
-                    self.optimizer.step()
-                    self.global_step += 1
+                    if check_grads and _gradients.nonfinite(self.optimizer.params):
+                        self._nonfinite_gradients(epoch, b, n_batches, where)  # or raise
+                    else:
+                        self.optimizer.step()
+                        self.global_step += 1
                     total_loss += loss * m
                     if correct is None:
                         has_acc = False
@@ -348,8 +412,13 @@ class Trainer:
                         blogs = {"loss": loss, "size": m}
                         for cb in callbacks:
                             cb.on_batch_end(self, b, blogs)
+                    if guard.requested and b + 1 < n_batches:  # Ctrl-C: stop mid-epoch
+                        stopped_at = f" (epoch {epoch + 1}, batch {b + 1}/{n_batches})"
+                        break
             finally:
                 progress.close()
+            if stopped_at:  # a partial epoch: no epoch-end work, no checkpoint
+                break
             if dist is not None:
                 dist.end_epoch(self)  # rank 0's BatchNorm statistics, stop_training
             train_time = time.perf_counter() - t0
@@ -366,11 +435,29 @@ class Trainer:
                 self._print_epoch(last, logs)
             for cb in callbacks:
                 cb.on_epoch_end(self, epoch, logs)
+            if guard.requested:  # Ctrl-C in the last step or the epoch-end work
+                stopped_at = f" (at the end of epoch {epoch + 1})"
+                break
             if self.stop_training:
                 break
         for cb in callbacks:
             cb.on_train_end(self, logs)
-        return history
+        return history, stopped_at
+
+    def _nonfinite_gradients(self, epoch, b, n_batches, where):
+        """A gradient is NaN or infinite: raise, or warn and skip the step."""
+        what = _gradients.describe(self.model, self.optimizer.params)
+        at = (f"at epoch {epoch + 1}, batch {b + 1}/{n_batches} (step "
+              f"{self.global_step + 1}){where}")
+        if self.check_gradients == "raise":
+            raise TrainingDiverged(
+                f"non-finite gradient {at}: {what}; the step was not taken (the weights are "
+                f"those after step {self.global_step}); lower the learning rate or check the "
+                "inputs, or pass Trainer(check_gradients='warn') to skip such steps")
+        self.skipped_steps += 1
+        if self.rank == 0:
+            warnings.warn(f"non-finite gradient {at}: {what}; step skipped (the optimiser "
+                          "did not update)", RuntimeWarning, stacklevel=4)
 
     def _print_epoch(self, last, logs):
         parts = [f"epoch {self.epoch}/{last}", f"{logs['seconds']:.1f}s"]
@@ -438,11 +525,13 @@ class Trainer:
     def state_dict(self):
         """JSON-serialisable trainer state: counters, shuffling generator, loss config."""
         return {"epoch": self.epoch, "global_step": self.global_step,
+                "skipped_steps": self.skipped_steps,
                 "shuffle_rng": generator_state(self._rng), "loss": self.loss.to_config()}
 
     def load_state_dict(self, state):
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # absent in older files
         self._rng = generator_from_state(state["shuffle_rng"])
 
     def save_checkpoint(self, path):
