@@ -10,7 +10,9 @@
 #   (tools/wheel_smoke_test.py asserts that cnncore comes from the venv);
 # - tools/wheel_smoke_test.py --no-compiler: conv forward/backward vs the NumPy reference
 #   (float32, float64), a few training steps, show_config(); then the README's main job.
-# Set CNNCORE_KEEP_VENV=1 to keep the temporary venv (its path is printed).
+# Set CNNCORE_KEEP_VENV=1 to keep the temporary venv (its path is printed), and
+# CNNCORE_WHEEL_WITH_TORCH=VERSION to also install that PyTorch and check both libraries in
+# one process (each wheel brings its own libgomp).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
@@ -55,8 +57,14 @@ run python -m pip install --quiet --only-binary=:all: "$wheel"
 run python -m pip check
 run python -m pip list --format=freeze | grep -iE "^(cnncore|numpy|scipy|threadpoolctl)=" \
     | sed 's/^/   /'
-echo "== tools/wheel_smoke_test.py --no-compiler"
-run python wheel_smoke_test.py --no-compiler
+smoke_args=(--no-compiler)
+if [[ -n "${CNNCORE_WHEEL_WITH_TORCH:-}" ]]; then  # PyTorch's wheel beside ours (CI sets it)
+    echo "== pip install torch==${CNNCORE_WHEEL_WITH_TORCH} (for the two-libgomp check)"
+    run python -m pip install --quiet --only-binary=:all: "torch==${CNNCORE_WHEEL_WITH_TORCH}"
+    smoke_args+=(--with-torch)
+fi
+echo "== tools/wheel_smoke_test.py ${smoke_args[*]}"
+run python wheel_smoke_test.py "${smoke_args[@]}"
 echo "== python -m cnncore.examples.conv_relu_pool (the README's main job)"
 run python -m cnncore.examples.conv_relu_pool | tail -n 5 | sed 's/^/   /'
 echo "== wheel check passed in $(( $(date +%s) - t0 )) s"

@@ -16,7 +16,9 @@ Checks, in a few seconds:
 3. A few training steps that must lower the loss: a tiny conv net trained with
    :mod:`cnncore.layers` + :class:`cnncore.trainer.Trainer` when they exist, and always a
    few hand-written SGD steps through :mod:`cnncore.functional`.
-4. Prints ``cnncore.show_config()``.
+4. ``fork()`` after a parallel region (the child must not hang) and, with ``--with-torch``,
+   cnncore and PyTorch in one process, imported in either order (two libgomp copies).
+5. Prints ``cnncore.show_config()``.
 
 Exits non-zero (AssertionError) on any failure. Uses only numpy and cnncore.
 """
@@ -178,10 +180,64 @@ def train_layers(epochs=8):
           f"accuracy {acc:.3f}: OK")
 
 
+_FORK_CHILD = """
+import os, sys, time
+import numpy as np
+import cnncore.functional as F
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4, 8, 16, 16)).astype(np.float32)
+w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+y0 = F.conv2d(x, w, padding=1, n_threads=2)  # the parent runs a team of 2 threads
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if np.array_equal(F.conv2d(x, w, padding=1, n_threads=2), y0) else 3)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the fork()ed child hung")
+"""
+
+_WITH_TORCH = """
+import {first}, {second}
+import numpy as np, torch, cnncore
+import cnncore.functional as F
+torch.set_num_threads(2)
+cnncore.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
+w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+for _ in range(3):
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+    np.testing.assert_allclose(F.conv2d(x, w, padding=1), want.numpy(), rtol=1e-4, atol=1e-4)
+assert (cnncore.get_num_threads(), torch.get_num_threads()) == (2, 2)
+"""
+
+
+def check_processes(with_torch):
+    """fork() after a parallel region (the child must not hang) and, ``with_torch``, cnncore
+    beside PyTorch in one process, imported in either order: this wheel carries its own
+    copy of libgomp, PyTorch's wheel another."""
+    import subprocess
+    if hasattr(os, "fork"):
+        subprocess.run([sys.executable, "-c", _FORK_CHILD], check=True, timeout=120)
+        print("fork() after a parallel region: the child ran its convolution: OK")
+    if with_torch:
+        for first, second in (("torch", "cnncore"), ("cnncore", "torch")):
+            code = _WITH_TORCH.format(first=first, second=second)
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+        print("cnncore and torch in one process, both import orders: OK")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-compiler", action="store_true",
                         help="also assert that no C compiler is reachable")
+    parser.add_argument("--with-torch", action="store_true",
+                        help="also run cnncore beside PyTorch (installed) in one process")
     parser.add_argument("--allow-source-tree", action="store_true",
                         help="do not require cnncore to be installed in sys.prefix")
     args = parser.parse_args(argv)
@@ -192,6 +248,7 @@ def main(argv=None):
     check_kernels()
     train_functional()
     train_layers()
+    check_processes(args.with_torch)
     import cnncore
     print("--- cnncore.show_config() ---")
     cnncore.show_config()
