@@ -28,8 +28,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
-KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "winograd", "pool", "activations",
-           "dense", "_memory", "norm"]
+KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "conv_rows", "winograd", "pool",
+           "activations", "dense", "_memory", "norm"]
 OPT_FLAGS = ["-O3"]
 
 

@@ -242,8 +242,11 @@ def test_compile_flags_are_portable():
     kernels = sorted(Path(cnncore.__file__).parent.joinpath("_kernels").glob("*.so"))
     assert kernels, "no compiled kernels found"
     # Run-time dispatched clones (gcc target_clones / target("avx2") versions, named
-    # foo.avx2.0, foo.arch_x86_64_v3.1, ...) may use AVX: only the ifunc picks them.
-    clone = re.compile(r"<[^>]*\.(avx|arch_|fma|sse4|default)[^>]*>:$")
+    # foo.avx2.0, foo.arch_x86_64_v3.1, ...) may use AVX: only the ifunc picks them. So may
+    # the target("avx2,fma") / target("avx512f") row kernels of csrc/cnncore_conv_rows.h
+    # (cnn_cr_row_f_avx2, ..._avx512), which cnn_cr_isa() picks from the CPU's features.
+    clone = re.compile(r"<([^>]*\.(avx|arch_|fma|sse4|default)[^>]*"
+                       r"|cnn_cr_\w+_avx(2|512)(\.[^>]*)?)>:$")
     for so in kernels:
         asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(so)],
                              capture_output=True, text=True, timeout=120).stdout

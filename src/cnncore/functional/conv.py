@@ -11,6 +11,7 @@ from .._config import get_workspace_limit
 from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
 from .._kernels import conv as _conv
 from .._kernels import conv_direct as _conv_direct
+from .._kernels import conv_rows as _conv_rows
 from .._kernels import winograd as _winograd
 from . import planner
 from ._common import _one_blas_thread, _scratch_array, _threads, _typed, _work, cached_geometry
@@ -261,6 +262,8 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
     if algorithm == "direct":
         tasks = n * c_out
+    elif algorithm == "rows":
+        tasks = n * geo.out_hw[0]  # one task per output row
     elif algorithm == "winograd":
         check_blas_size(where, *geo.whole_blas_sizes)
         tasks = 16 * n  # 16 GEMMs per block of samples to share out
@@ -278,6 +281,9 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     if algorithm == "direct":
         _conv_direct.forward(x, weight, b, y, *geo.kernel_args()[:-1], n_threads)
         return y
+    if algorithm == "rows":
+        _conv_rows_forward(x, weight, b, y, geo, n_threads)
+        return y
     work = _work(n_threads, 0 if algorithm == "pointwise" else cg * kh * kw * rows * geo.out_hw[1],
                  x.dtype)
     # blocks of input channels 1, 2, ... write partial outputs, added to y in order
@@ -287,6 +293,16 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
         _conv.conv2d_forward(x, weight, b, y, work, parts, *geo.kernel_args(), rows,
                              n_threads)
     return y
+
+
+def _conv_rows_forward(x, weight, b, y, geo, n_threads):
+    """The direct row kernels (_kernels/conv_rows.pyx): per thread, the padded input rows of
+    one output row (``C_in * kh`` rows of ``sw`` phases)."""
+    sw, dw = geo.stride[1], geo.dilation[1]
+    wq = _conv_rows.row_width(geo.out_hw[1], weight.shape[3], sw, dw)
+    work = _scratch_array("conv_rows", (n_threads, _conv_rows.work_size(
+        x.shape[1], weight.shape[2], wq, sw)), x.dtype)
+    _conv_rows.forward(x, weight, b, y, work, *geo.kernel_args()[:-1], n_threads)
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1,

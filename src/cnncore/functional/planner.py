@@ -9,6 +9,9 @@ count, so results do not depend on it), one of:
 ``'direct'``
     the direct kernels (``_kernels/conv_direct.pyx``) for depthwise-like convolutions (one
     input channel per group: there is no GEMM worth the name);
+``'rows'``
+    the direct row kernels (``_kernels/conv_rows.pyx``), forward only, for few taps per
+    output (``C_in * kh * kw``), few output channels and wide output rows (large images);
 ``'pointwise'``
     1x1 stride-1 unpadded: the input already is the column matrix, one GEMM per sample;
 ``'im2col'``
@@ -64,6 +67,23 @@ _WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tile
 # The rule depends on the shapes only, never on the thread count (the 2-thread runs, on a
 # machine shared with other jobs, were too noisy to move the crossover either way).
 _WINOGRAD_MIN_BATCH_TILES = 48
+# The direct row kernels (_kernels/conv_rows.pyx) in the forward pass of ungrouped
+# convolutions with up to _ROWS_MAX_TAPS taps per output (C_in * kh * kw), up to
+# _ROWS_MAX_COUT output channels and output rows at least _ROWS_MIN_WIDTH wide: no column
+# matrix, so they beat the skinny im2col GEMMs of few input channels, and Winograd while the
+# channels are few. Measured side by side (float32, batch 1 unless given, 2 threads, median
+# time, rows / im2col, rows / Winograd where it applies; AVX-512 machine):
+#   8->16 5x5 2048^2 0.45 (issue 11; vs PyTorch 0.66)   3->16 5x5 256^2-2048^2 0.43-0.48
+#   3->32 3x3 1024^2 0.2 / 0.08   3->32 7x7 s2 224^2 0.67, 1024^2 0.59   3->64 7x7 s2 448^2 0.63
+#   16->16 3x3 1024^2 0.36 / 0.21, 128^2 0.53 / 0.49, 64^2 N=8 0.57 / 0.83
+#   32->32 3x3 512^2 0.59 / 0.43   64->64 3x3 256^2 0.73 / 0.67   64->128 0.82 / 0.90
+#   128->128 3x3 256^2 0.75 / 1.09 (more taps: Winograd)   32->64 5x5 256^2 0.68 (800 taps)
+#   3->128 3x3 512^2 0.72   3->256 0.99 (more channels: no gain)   8->16 5x5 64^2 0.60
+#   narrow rows lose: 3->32 3x3 32^2 N=32 1.01-1.24, 6->16 5x5 14^2 N=64 1.64.
+# The same rule at 1 thread (ratios within 0.05 of these).
+_ROWS_MAX_TAPS = 800
+_ROWS_MAX_COUT = 128
+_ROWS_MIN_WIDTH = 64
 _WINOGRAD_MIN_BATCH_TILES_KEPT = 16
 _WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
 
@@ -104,13 +124,24 @@ def is_pointwise(geo, kh, kw):
     return (kh, kw, *geo.stride, *geo.padding) == (1, 1, 1, 1, 0, 0)
 
 
+def use_rows(geo, c_in, c_out, kh, kw):
+    """The direct row kernels (forward only) for an ungrouped convolution with few taps per
+    output (``C_in * kh * kw <= _ROWS_MAX_TAPS``), few output channels and output rows of at
+    least ``_ROWS_MIN_WIDTH`` (see the measurements at _ROWS_MAX_TAPS); not for 1x1 stride-1
+    unpadded convolutions, whose GEMM reads x as it is."""
+    return (geo.groups == 1 and c_in * kh * kw <= _ROWS_MAX_TAPS and c_out <= _ROWS_MAX_COUT
+            and geo.out_hw[1] >= _ROWS_MIN_WIDTH and not is_pointwise(geo, kh, kw))
+
+
 def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False, n=None, kept=False):
-    """``'winograd'``, ``'direct'``, ``'pointwise'`` or ``'im2col'`` for a convolution with
-    geometry ``geo`` on a batch of ``n`` (None: large enough for any algorithm), the
-    gradients if ``backward``; ``kept``: the caller keeps the Winograd weight transforms
-    between calls (see the module docstring)."""
+    """``'winograd'``, ``'direct'``, ``'rows'``, ``'pointwise'`` or ``'im2col'`` for a
+    convolution with geometry ``geo`` on a batch of ``n`` (None: large enough for any
+    algorithm), the gradients if ``backward``; ``kept``: the caller keeps the Winograd weight
+    transforms between calls (see the module docstring)."""
     if geo.groups > 1 and c_in == geo.groups:
         return "direct"
+    if not backward and use_rows(geo, c_in, c_out, kh, kw):
+        return "rows"
     if backward:
         min_channels, min_tiles = (_WINOGRAD_MIN_CHANNELS_BACKWARD,
                                    _WINOGRAD_MIN_BATCH_TILES_BACKWARD)
