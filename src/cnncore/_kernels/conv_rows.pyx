@@ -119,7 +119,7 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     else:
         cnn_cr_pack_weights_d(&wt[0], &bp[0], &w[0, 0, 0, 0],
                               &bias[0] if bias.shape[0] > 0 else NULL, Cout, K, OB)
-    cdef floating* xb
+    cdef floating* xb = NULL  # set per thread below (NULL: no maybe-uninitialized warning)
     with nogil, parallel(num_threads=n_threads):
         xb = &work[threadid(), 0]
         for task in prange(N * Ho, schedule='static'):
