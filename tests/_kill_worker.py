@@ -16,6 +16,7 @@ sleeps after printing it (a signal sent meanwhile lands between two steps).
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -84,6 +85,9 @@ def main(argv):
     parser.add_argument("--print-steps", action="store_true")
     parser.add_argument("--pause", type=float, default=0.0)
     args = parser.parse_args(argv)
+    # A worker started by a test run in the background inherits SIGINT ignored (exec keeps an
+    # ignored disposition); Python's default handler is what a user's terminal gives it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cnncore.set_num_threads(1)
     run(args.directory, args.steps, announce=True, batches=args.batches,
         print_steps=args.print_steps, pause=args.pause)

@@ -95,6 +95,9 @@ def nan_gradient(check):
         return out
     layer.backward = poisoned
 
+    # as in a terminal (a rank started in the background inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     class SigintUntouched(Callback):
         def on_batch_end(self, trainer, batch, logs):
             assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

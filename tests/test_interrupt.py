@@ -43,12 +43,17 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _default_sigint():
-    """Every test starts and must end with Python's default SIGINT handler."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    yield
-    handler = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    assert handler is signal.default_int_handler, "fit left its SIGINT handler installed"
+    """Every test starts and must end with Python's default SIGINT handler. A process
+    started in the background (nohup, ``&`` in a script, some CI runners) inherits SIGINT
+    ignored, and Python then installs no handler: the tests set the default one, as an
+    interactive session has it, and put the inherited disposition back afterwards."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is signal.default_int_handler, "fit left its SIGINT handler installed"
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def data():
