@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 
 import numpy as np
 
-from ._kernels import optim as _fused_kernels
+from ._kernels import optim as _fused_kernels  # type: ignore[attr-defined]
 from ._typing import Array, Config, FloatArray
 from .functional._common import _threads
 
