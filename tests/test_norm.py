@@ -230,6 +230,45 @@ def test_lrn_matches_reference(rng, dtype, size):
     np.testing.assert_allclose(gx_k, gx_r, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, size, beta", [
+    ((3, 9, 17, 19), 5, 0.75),     # pixels cross the kernel's 128-pixel blocks; beta 0.75
+    ((2, 4, 300), 3, 0.6),         # 3-D input, pow() path, two and a half blocks
+    ((1, 1, 1, 1), 5, 0.75),       # one channel, window wider than the channels
+    ((2, 6, 2, 3, 4), 4, 1.3),     # 5-D input, even size
+    ((4, 96, 5, 5), 5, 0.75),      # AlexNet-like channel count
+])
+def test_lrn_compiled_matches_reference_at_any_thread_count(rng, dtype, shape, size, beta):
+    """The compiled kernel (tasks = sample x block of 128 pixels) against the float64
+    reference, and the same bits at 1, 2 and 3 threads."""
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    args = (size, 1e-2, beta, 2.0)
+    y1 = K.local_response_norm(x, *args, n_threads=1)
+    gx1 = K.local_response_norm_backward(g, x, *args, n_threads=1)
+    np.testing.assert_allclose(y1, R.local_response_norm(x.astype(float), *args),
+                               **TOL[dtype])
+    np.testing.assert_allclose(gx1, R.local_response_norm_backward(
+        g.astype(float), x.astype(float), *args), **TOL[dtype])
+    for n in (2, 3):
+        np.testing.assert_array_equal(K.local_response_norm(x, *args, n_threads=n), y1)
+        np.testing.assert_array_equal(
+            K.local_response_norm_backward(g, x, *args, n_threads=n), gx1)
+
+
+def test_lrn_bad_arguments():
+    x = np.ones((1, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="local_response_norm: size must be a positive int"):
+        K.local_response_norm(x, 0)
+    with pytest.raises(ValueError, match=r"local_response_norm: expected an input \(N, C, ...\)"):
+        K.local_response_norm(np.ones((3, 2), np.float32), 3)
+    with pytest.raises(TypeError, match="local_response_norm_backward: beta must be a number"):
+        K.local_response_norm_backward(x, x, 3, beta="0.75")
+    with pytest.raises(ValueError, match="local_response_norm_backward: grad_out has shape"):
+        K.local_response_norm_backward(x[:, :2], x, 3)
+    assert K.local_response_norm(np.ones((0, 3, 2, 2)), 3).shape == (0, 3, 2, 2)
+
+
 def test_lrn_formula_by_hand():
     # One pixel, 3 channels, size 3: channel 0 sees channels -1..1 (-1 is a zero).
     x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)

@@ -1,6 +1,7 @@
-"""Vectorised NumPy kernels of local response normalisation (AlexNet's LRN, PyTorch's
-formula) and dropout, forward and backward (batch normalisation is compiled:
-:mod:`cnncore._kernels.norm`, called through :mod:`cnncore.functional.norm`).
+"""Local response normalisation (AlexNet's LRN, PyTorch's formula; compiled:
+:mod:`cnncore._kernels.lrn`) and dropout (vectorised NumPy), forward and backward (batch
+normalisation is compiled too: :mod:`cnncore._kernels.norm`, called through
+:mod:`cnncore.functional.norm`).
 
 :mod:`cnncore._norm_reference` holds obviously-correct twins with the same signatures; the
 tests compare the two. Arrays are ``(N, C, *spatial)``; the output dtype is the input dtype.
@@ -11,48 +12,64 @@ are cast, complex and object arrays refused).
 import numpy as np
 
 from ._checks import float_arrays
+from ._kernels import lrn as _lrn
+from .functional._common import _scratch_array, _threads
 
 __all__ = ["local_response_norm", "local_response_norm_backward", "dropout",
            "dropout_backward"]
 
 
-def _window_sum(a, before, after):
-    """``s[:, c] = sum(a[:, c - before : c + after + 1])`` along axis 1, zero outside."""
-    c = a.shape[1]
-    pad = [(0, 0)] * a.ndim
-    pad[1] = (before + 1, after)
-    cs = np.cumsum(np.pad(a, pad), axis=1)
-    w = before + after + 1
-    return cs[:, w:w + c] - cs[:, :c]
+def _lrn_args(where, x, size, alpha, beta, k):
+    if x.ndim < 3:
+        raise ValueError(f"{where}: expected an input (N, C, ...), got {x.shape}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{where}: size must be a positive int, got {size!r}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"{where}: {name} must be a number, got {value!r}")
+    return int(size), float(alpha), float(beta), float(k)
 
 
-def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+def _as_ncs(x):
+    """``x`` (N, C, ...) as a C-contiguous (N, C, S) array."""
+    return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, n_threads=None):
     """PyTorch's LRN across channels:
     ``y_c = x_c / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_c'^2) ** beta``
     (channels outside ``[0, C)`` count as zeros)."""
-    x = float_arrays("local_response_norm", x=x)
-    if x.ndim < 3:
-        raise ValueError(f"local_response_norm: expected an input (N, C, ...), got {x.shape}")
-    d = _window_sum(np.square(x), size // 2, (size - 1) // 2)
-    d *= alpha / size
-    d += k
-    return (x * d ** -beta).astype(x.dtype, copy=False)
+    where = "local_response_norm"
+    x = float_arrays(where, x=x)
+    size, alpha, beta, k = _lrn_args(where, x, size, alpha, beta, k)
+    y = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        threads = _threads(n_threads, where, x.shape[0] * -(-x[0, 0].size // _lrn.block()),
+                           nbytes=x.nbytes * size)
+        _lrn.lrn_forward(_as_ncs(x), y.reshape(_as_ncs(x).shape), size, alpha, beta, k,
+                         threads)
+    return y
 
 
-def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0):
+def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0,
+                                 n_threads=None):
     """Gradient of :func:`local_response_norm` with respect to ``x``:
     ``g_j D_j^-beta - 2 alpha beta / size * x_j * sum_{c : j in window(c)} g_c x_c D_c^(-beta-1)``
     with ``D_c = k + alpha / size * S_c``."""
-    grad_out, x = float_arrays("local_response_norm_backward", grad_out=grad_out, x=x)
-    d = _window_sum(np.square(x), size // 2, (size - 1) // 2)
-    d *= alpha / size
-    d += k
-    d_beta = d ** -beta
-    t = grad_out * x * d_beta / d
-    # j is in the window of c when c - size//2 <= j <= c + (size-1)//2.
-    back = _window_sum(t, (size - 1) // 2, size // 2)
-    gx = grad_out * d_beta - (2.0 * alpha * beta / size) * x * back
-    return gx.astype(x.dtype, copy=False)
+    where = "local_response_norm_backward"
+    grad_out, x = float_arrays(where, grad_out=grad_out, x=x)
+    size, alpha, beta, k = _lrn_args(where, x, size, alpha, beta, k)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"{where}: grad_out has shape {grad_out.shape}, expected {x.shape}")
+    gx = np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        x3 = _as_ncs(x)
+        threads = _threads(n_threads, where, x.shape[0] * -(-x3.shape[2] // _lrn.block()),
+                           nbytes=x.nbytes * 2 * size)
+        work = _scratch_array("lrn", (threads, 2 * x.shape[1] * _lrn.block()), np.float64)
+        _lrn.lrn_backward(_as_ncs(grad_out), x3, gx.reshape(x3.shape), work, size, alpha,
+                          beta, k, threads)
+    return gx
 
 
 def dropout(x, p, rng, training=True):
