@@ -152,9 +152,17 @@ def batch_norm_apply(const floating[:, :, ::1] x, const floating[::1] mean,
                      floating[:, :, ::1] y, bint relu, int n_threads):
     """``y = (x - mean[c]) * scale[c] + shift[c]`` (then ``max(y, 0)`` if ``relu``): eval
     mode with ``scale = gamma * inv_std`` and ``shift = beta``. Needs ``N * S >= 1``."""
-    cdef Py_ssize_t c, n = x.shape[0], C = x.shape[1], S = x.shape[2]
-    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        _apply(&y[0, c, 0], &x[0, c, 0], n, C * S, S, mean[c], scale[c], shift[c], relu)
+    cdef Py_ssize_t r, i, c, n = x.shape[0], C = x.shape[1], S = x.shape[2]
+    if S < 256:  # short rows: a task per channel (a call per 16-pixel row costs 2x at 4x4)
+        for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
+            _apply(&y[0, c, 0], &x[0, c, 0], n, C * S, S, mean[c], scale[c], shift[c], relu)
+        return
+    # Rows (sample, channel) in memory order: each thread streams one contiguous part of x
+    # and y (by channel, every task would hop between samples: 2x slower on (16, 256, 32, 32)).
+    for r in prange(n * C, nogil=True, schedule='static', num_threads=n_threads):
+        i = r // C
+        c = r % C
+        _apply(&y[i, c, 0], &x[i, c, 0], 1, S, S, mean[c], scale[c], shift[c], relu)
 
 
 def batch_norm_backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,

@@ -120,7 +120,7 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training=True, momentu
     mean = running_mean.astype(dt)
     inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(dt)
     if m:
-        threads = _bn_threads(n_threads, where, c, x, y)
+        threads = _bn_threads(n_threads, where, x.shape[0] * c, x, y)  # (sample, channel) rows
         _norm.batch_norm_apply(_as3d(x), mean, gamma * inv_std, beta, _as3d(y), False, threads)
     return y, mean, inv_std
 
@@ -163,7 +163,7 @@ def batch_norm_relu_eval(x, scale, shift, mean, n_threads=None):
     layers; arguments are trusted to be C-contiguous arrays of x's dtype."""
     y = np.empty_like(x)
     if x.size:
-        threads = _bn_threads(n_threads, "batch_norm_relu_eval", x.shape[1], x, y)
+        threads = _bn_threads(n_threads, "batch_norm_relu_eval", x.shape[0] * x.shape[1], x, y)
         _norm.batch_norm_apply(_as3d(x), mean, scale, shift, _as3d(y), True, threads)
     return y
 
