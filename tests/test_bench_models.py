@@ -144,6 +144,11 @@ def test_float32_training_rows_judge_gradients_in_float64(monkeypatch):
     kw = dict(warmup=0, repeats=1, budget=0, min_repeats=1, settle=0)
     row = models.run_case(case, torch, 1, **kw)
     assert row["check"] == "ok" and row["grad_rel_error_f64"] < 1e-12
+    # a network with Dropout: the float64 step runs with it off on both sides
+    alexnet = models.Net("alexnet-cifar", "AlexNet CIFAR w", "alexnet",
+                         {"variant": "cifar"}, (3, 32, 32), large=False)
+    row = models.run_case(models.Case(alexnet, "train", 2), torch, 1, **kw)
+    assert row["check"] == "ok" and row["grad_rel_error_f64"] < 1e-12, row
     real = models.torch_call
 
     def scaled_gradients(torch_, tmodel, mode, x, labels):

@@ -257,10 +257,12 @@ def float64_grad_error(case, torch, seed=0):
     model = build_model(case.net, "float64", seed)
     x, labels = make_batch(case.net, case.batch, "float64", seed)
     tmodel = interop.to_torch(model)
-    with _no_dropout(model, tmodel):
-        cnncore_call(model, "train", x, labels)()
+    step, tstep = cnncore_call(model, "train", x, labels), torch_call(torch, tmodel, "train",
+                                                                      x, labels)
+    with _no_dropout(model, tmodel):  # after the calls are made: they switch to train()
+        step()
         grads = {name: p.grad.copy() for name, p in model.named_parameters()}
-        torch_call(torch, tmodel, "train", x, labels)()
+        tstep()
     return grad_error(grads, tmodel)
 
 

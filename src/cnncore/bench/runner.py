@@ -298,8 +298,10 @@ class _Bench:
             if row["check"] == "MISMATCH":
                 self.warnings.append(
                     f"{case.name}: cnncore and torch outputs differ by "
-                    f"{row['rel_error']:.2e} (gradients {row.get('grad_rel_error', 0):.2e}; "
-                    f"relative to the largest, tolerance {models.TOLERANCE[self.dtype.name]:g})")
+                    f"{row['rel_error']:.2e} (tolerance {models.TOLERANCE[self.dtype.name]:g}; "
+                    f"gradients {row.get('grad_rel_error', 0):.2e}, in a float64 step "
+                    f"{row.get('grad_rel_error_f64', float('nan')):.2e}, tolerance "
+                    f"{models.GRAD_TOLERANCE['float64']:g}; relative to the largest)")
             res["models"].append(row)
             self.emit(report.models_row(row))
 
