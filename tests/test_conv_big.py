@@ -13,16 +13,14 @@ from cnncore import layers
 from cnncore import reference as R
 from cnncore._kernels import conv_rows
 
+from _conv_cases import conv_case
 from _gradcheck import assert_close
 
 DTYPES = [np.float32, np.float64]
 ISAS = list(range(conv_rows.ISA + 1))  # baseline, AVX2 + FMA, AVX-512F (as available)
 
 
-def _cfg(n, c_in, c_out, h, w, k, stride=1, padding=0, dilation=1, bias=True):
-    k = (k, k) if isinstance(k, int) else tuple(k)
-    return dict(n=n, c_in=c_in, c_out=c_out, h=h, w=w, k=k, bias=bias,
-                hp=dict(stride=stride, padding=padding, dilation=dilation))
+_cfg = conv_case
 
 
 CONFIGS = {

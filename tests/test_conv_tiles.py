@@ -10,15 +10,13 @@ import cnncore
 from cnncore import functional as F
 from cnncore import reference as R
 
+from _conv_cases import conv_case
 from _gradcheck import as_float64, assert_close
 
 DTYPES = [np.float32, np.float64]
 
 
-def _cfg(n, c_in, c_out, h, w, k, stride=1, padding=0, dilation=1, groups=1, bias=True):
-    k = (k, k) if isinstance(k, int) else tuple(k)
-    return dict(n=n, c_in=c_in, c_out=c_out, h=h, w=w, k=k, bias=bias,
-                hp=dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+_cfg = conv_case
 
 
 CONFIGS = {

@@ -1,0 +1,10 @@
+"""Shared description of a convolution test case (tests/test_conv_tiles.py,
+tests/test_conv_big.py)."""
+
+
+def conv_case(n, c_in, c_out, h, w, k, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    """A case: batch ``n``, channels, image ``h x w``, kernel ``k`` (int or pair), and the
+    hyper-parameters as ``hp``, keyword arguments of ``conv2d``."""
+    k = (k, k) if isinstance(k, int) else tuple(k)
+    return dict(n=n, c_in=c_in, c_out=c_out, h=h, w=w, k=k, bias=bias,
+                hp=dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
