@@ -13,7 +13,7 @@ from cnncore import layers
 from cnncore import reference as R
 from cnncore._kernels import conv_rows
 
-from _conv_cases import conv_case
+from _conv_cases import ODD_CASES, conv_case
 from _gradcheck import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -24,11 +24,7 @@ _cfg = conv_case
 
 
 CONFIGS = {
-    "1x1-image": _cfg(1, 3, 4, 1, 1, 1),
-    "1x1-image-padded": _cfg(1, 2, 3, 1, 1, 3, padding=1),
-    "kernel-equals-input": _cfg(1, 3, 2, 4, 5, (4, 5)),
-    "stride-larger-than-kernel": _cfg(2, 2, 3, 10, 11, 2, stride=3),
-    "stride-larger-than-input": _cfg(1, 2, 2, 4, 4, 2, stride=5),
+    **ODD_CASES,
     "rectangular-everything": _cfg(2, 4, 6, 11, 9, (3, 2), stride=(2, 1), padding=(1, 2),
                                    dilation=(1, 3)),
     "strided-wide": _cfg(1, 3, 9, 9, 103, (7, 5), stride=(2, 3), padding=(3, 2)),

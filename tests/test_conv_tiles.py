@@ -10,7 +10,7 @@ import cnncore
 from cnncore import functional as F
 from cnncore import reference as R
 
-from _conv_cases import conv_case
+from _conv_cases import ODD_CASES, conv_case
 from _gradcheck import as_float64, assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -20,11 +20,7 @@ _cfg = conv_case
 
 
 CONFIGS = {
-    "1x1-image": _cfg(1, 3, 4, 1, 1, 1),
-    "1x1-image-padded": _cfg(1, 2, 3, 1, 1, 3, padding=1),
-    "kernel-equals-input": _cfg(1, 3, 2, 4, 5, (4, 5)),
-    "stride-larger-than-kernel": _cfg(2, 2, 3, 10, 11, 2, stride=3),
-    "stride-larger-than-input": _cfg(1, 2, 2, 4, 4, 2, stride=5),
+    **ODD_CASES,
     "rows-not-dividing": _cfg(1, 3, 4, 13, 9, 3, padding=1),
     "tall-kernel-overlapping-tiles": _cfg(2, 2, 3, 17, 6, (5, 2), padding=(2, 0)),
     "dilated": _cfg(1, 3, 4, 12, 11, 3, padding=2, dilation=2),
