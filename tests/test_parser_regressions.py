@@ -108,6 +108,19 @@ def test_structured_scalar_without_an_array_is_a_corrupt_pickle(tmp_path):
         read_cifar_batch(str(tmp_path / "b"))
 
 
+@pytest.mark.parametrize("data_op", [b"", b"C\x01x", b"\x8c\x01x"])
+def test_scalar_needs_exactly_its_itemsize_of_data(data_op):
+    """scalar(dtype('V2147483647')) without data made numpy allocate the 2 GB itemsize
+    (found by fuzzing: MemoryError under the harness's address-space cap); short data, or a
+    str, too."""
+    data = (b"\x80\x04" + _global(NP_CORE, "scalar") + _global("numpy", "dtype") +
+            b"\x8c\x0bV2147483647\x85R" + data_op + (b"\x86R." if data_op else b"\x85R."))
+    before = _peak_rss_mb()
+    with pytest.raises(pickle.UnpicklingError, match="itemsize"):
+        restricted_loads(data)
+    assert _peak_rss_mb() - before < 100
+
+
 def test_dtype_flags_from_the_stream_are_not_trusted():
     """flags=255 in a float64's BUILD state marked it as holding Python objects: NumPy then
     crashed the interpreter (found by fuzzing: "get_clear_loop not set", deadly signal).

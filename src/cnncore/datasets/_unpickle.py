@@ -15,8 +15,8 @@ unpickler, whose memo is a dict (the C one grows an array to the largest
 announced by ``FRAME``, ``BINBYTES8``, ``BYTEARRAY8``... are read in chunks, so
 memory follows the bytes actually there, not the length claimed;
 ``_reconstruct`` only makes the empty array that numpy's pickles then fill from
-the bytes they carry; and ``ndarray`` cannot be called to make an array of any
-shape.
+the bytes they carry; ``scalar`` needs exactly its dtype's itemsize of data; and
+``ndarray`` cannot be called to make an array of any shape.
 """
 
 from __future__ import annotations
@@ -63,13 +63,23 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable[..., Any]]:
         except SyntaxError as e:
             raise pickle.UnpicklingError(f"invalid dtype{args!r}: {e}") from None
 
+    def scalar(*args: Any) -> Any:
+        # numpy pickles a scalar as scalar(dtype, <itemsize bytes>); scalar(dtype) alone, or
+        # short data, would make numpy allocate dtype.itemsize bytes (2 GB for 'V2147483647')
+        if len(args) != 2 or not isinstance(args[0], np.dtype) or args[0].hasobject \
+                or not isinstance(args[1], (bytes, str)) or len(args[1]) != args[0].itemsize:
+            raise pickle.UnpicklingError(
+                "refusing scalar(...): numpy scalar pickles give a dtype without objects and "
+                "exactly its itemsize of data")
+        return multiarray.scalar(*args)
+
     allowed: Dict[Tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): dtype,
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = multiarray.scalar
+        allowed[(module, "scalar")] = scalar
     return allowed
 
 
