@@ -35,6 +35,13 @@ def _as_ncs(x):
     return np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
 
 
+def _lrn_threads(n_threads, where, x3, size, passes):
+    """Threads for the LRN kernels on ``x3`` (N, C, S): tasks are (sample, block of pixels);
+    each pass reads the ``size`` channels of a window."""
+    tasks = x3.shape[0] * -(-x3.shape[2] // _lrn.block())
+    return _threads(n_threads, where, tasks, nbytes=x3.nbytes * passes * size)
+
+
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, n_threads=None):
     """PyTorch's LRN across channels:
     ``y_c = x_c / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_c'^2) ** beta``
@@ -44,10 +51,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, n_threads=None):
     size, alpha, beta, k = _lrn_args(where, x, size, alpha, beta, k)
     y = np.empty(x.shape, dtype=x.dtype)
     if x.size:
-        threads = _threads(n_threads, where, x.shape[0] * -(-x[0, 0].size // _lrn.block()),
-                           nbytes=x.nbytes * size)
-        _lrn.lrn_forward(_as_ncs(x), y.reshape(_as_ncs(x).shape), size, alpha, beta, k,
-                         threads)
+        x3 = _as_ncs(x)
+        _lrn.lrn_forward(x3, y.reshape(x3.shape), size, alpha, beta, k,
+                         _lrn_threads(n_threads, where, x3, size, 1))
     return y
 
 
@@ -64,8 +70,7 @@ def local_response_norm_backward(grad_out, x, size, alpha=1e-4, beta=0.75, k=1.0
     gx = np.empty(x.shape, dtype=x.dtype)
     if x.size:
         x3 = _as_ncs(x)
-        threads = _threads(n_threads, where, x.shape[0] * -(-x3.shape[2] // _lrn.block()),
-                           nbytes=x.nbytes * 2 * size)
+        threads = _lrn_threads(n_threads, where, x3, size, 2)
         work = _scratch_array("lrn", (threads, 2 * x.shape[1] * _lrn.block()), np.float64)
         _lrn.lrn_backward(_as_ncs(grad_out), x3, gx.reshape(x3.shape), work, size, alpha,
                           beta, k, threads)

@@ -33,9 +33,6 @@ _OPTIMIZERS: Dict[str, Type["Optimizer"]] = {}
 _SCHEDULES: Dict[str, Type["Schedule"]] = {}
 
 
-_FUSED_BLOCK = 16384  # elements per task of the fused kernels (_kernels/optim.pyx)
-
-
 def _fused_threads(where: str, data: FloatArray, *arrays: FloatArray) -> int:
     """Thread count for a fused update of ``data`` and ``arrays``, or 0 when they cannot take
     the fused kernel (not all C-contiguous, writable float32/float64 of one dtype and size):
@@ -47,7 +44,7 @@ def _fused_threads(where: str, data: FloatArray, *arrays: FloatArray) -> int:
     for a in arrays:
         if a.dtype != dtype or a.size != data.size or not a.flags.c_contiguous:
             return 0
-    tasks = -(-data.size // _FUSED_BLOCK)
+    tasks = -(-data.size // _fused_kernels.block())
     return _threads(None, where, tasks, nbytes=data.nbytes * (1 + len(arrays)))
 
 

@@ -99,3 +99,8 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
             t = mi / denom
             t = step_ * t
             p[i] = pi - t
+
+
+def block():
+    """Elements per task (the caller caps its thread count by the number of blocks)."""
+    return BLOCK
