@@ -93,6 +93,20 @@ cdef inline Py_ssize_t _tile_stop(const Geometry* g, Py_ssize_t t) noexcept nogi
 # with another thread's rows).
 
 
+cdef inline Py_ssize_t _tap_rows(const Geometry* g, Py_ssize_t i, Py_ssize_t r0,
+                                 Py_ssize_t r1, Py_ssize_t* oh_lo,
+                                 Py_ssize_t* oh_hi) noexcept nogil:
+    """The output rows of tile [r0, r1) whose kernel row ``i`` reads inside the image,
+    [oh_lo, oh_hi) (empty when oh_hi <= oh_lo); returns that row's offset i*dh - ph."""
+    cdef Py_ssize_t off_h = i * g.dh - g.ph
+    _valid_range(off_h, g.sh, g.H, g.Ho, oh_lo, oh_hi)
+    if oh_lo[0] < r0:
+        oh_lo[0] = r0
+    if oh_hi[0] > r1:
+        oh_hi[0] = r1
+    return off_h
+
+
 cdef void _im2col(const Geometry* g, const floating* x,                         # IN
                   Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
                   floating* col) noexcept nogil:                               # OUT
@@ -106,12 +120,7 @@ cdef void _im2col(const Geometry* g, const floating* x,                         
     cdef floating* dst
     for c in range(c0, c1):
         for i in range(g.kh):
-            off_h = i * g.dh - g.ph
-            _valid_range(off_h, g.sh, g.H, g.Ho, &oh_lo, &oh_hi)
-            if oh_lo < r0:
-                oh_lo = r0
-            if oh_hi > r1:
-                oh_hi = r1
+            off_h = _tap_rows(g, i, r0, r1, &oh_lo, &oh_hi)
             for j in range(g.kw):
                 off_w = j * g.dw - g.pw
                 _valid_range(off_w, g.sw, g.W, Wo, &lo, &hi)
@@ -188,12 +197,7 @@ cdef void _col2im_add(const Geometry* g, const floating* col,                   
     cdef Py_ssize_t L = (r1 - r0) * g.Wo
     for c in range(c0, c1):
         for i in range(g.kh):
-            off_h = i * g.dh - g.ph
-            _valid_range(off_h, g.sh, g.H, g.Ho, &oh_lo, &oh_hi)
-            if oh_lo < r0:
-                oh_lo = r0
-            if oh_hi > r1:
-                oh_hi = r1
+            off_h = _tap_rows(g, i, r0, r1, &oh_lo, &oh_hi)
             if oh_hi <= oh_lo:
                 continue
             for j in range(g.kw):
