@@ -38,18 +38,24 @@ def linear_forward(const floating[:, ::1] x,   # IN  (N, in)
                    const floating[:, ::1] w,   # IN  (out, in)
                    const floating[::1] b,      # IN  (out,) or (0,) for none
                    floating[:, ::1] y,         # OUT (N, out)
-                   int n_threads):
+                   int n_threads, Py_ssize_t col_block=BLOCK):
+    """Blocks of BLOCK rows by ``col_block`` output columns (a shape-only choice of the
+    caller: wider blocks suit few rows and many outputs, e.g. conv's dense small-map path)."""
     cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef Py_ssize_t t, r0, c0
     cdef Py_ssize_t row_blocks = (N + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t col_blocks = (n_out + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t col_blocks
     cdef bint has_bias = b.shape[0] > 0
+    if col_block < 1:
+        raise ValueError(f"linear_forward: col_block must be >= 1, got {col_block}")
+    col_blocks = (n_out + col_block - 1) // col_block
     for t in prange(row_blocks * col_blocks, nogil=True, schedule='static',
                     num_threads=n_threads):
         r0 = (t // col_blocks) * BLOCK
-        c0 = (t % col_blocks) * BLOCK
+        c0 = (t % col_blocks) * col_block
         _forward_block(&x[r0, 0], &w[c0, 0], &b[c0] if has_bias else NULL, has_bias,
-                       &y[r0, c0], min(BLOCK, N - r0), min(BLOCK, n_out - c0), n_in, n_out)
+                       &y[r0, c0], min(BLOCK, N - r0), min(col_block, n_out - c0), n_in,
+                       n_out)
 
 
 cdef void _grad_input_block(const floating* dy, const floating* w, floating* dx,
@@ -104,3 +110,42 @@ def linear_backward(const floating[:, ::1] dy,  # IN  (N, out)
             outs = min(DW_BLOCK, n_out - r0)
             _grad_weight_block(&dy[0, r0], &x[0, 0], &dw[r0, 0], N, outs, n_in, n_out)
             _column_sums(&dy[0, r0], N, outs, n_out, &db[r0])
+
+
+def linear_forward_wide(const floating[:, ::1] x,   # IN  (N, in)
+                        const floating[:, ::1] w,   # IN  (out, in)
+                        const floating[::1] b,      # IN  (out,) or (0,) for none
+                        floating[:, ::1] y,         # OUT (N, out)
+                        floating[:, ::1] yt,        # scratch (out, N)
+                        int n_threads, Py_ssize_t col_block):
+    """``y = x @ w.T + b`` for few rows and many outputs (conv's dense small-map path):
+    blocks of ``col_block`` outputs, ``yt[block] = w[block] @ x.T`` (BLAS runs the product
+    fastest with the few rows as its columns: 16 x 2048 x 2048 took 2.4 ms at 1 thread
+    this way, 4.0 ms as ``x @ w[block].T``), then transposed into ``y`` with the bias
+    added. Blocks depend on the shapes and ``col_block`` only: bit-identical at any thread
+    count."""
+    cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
+    cdef Py_ssize_t t, c0, outs, r, o
+    cdef Py_ssize_t col_blocks
+    cdef bint has_bias = b.shape[0] > 0
+    if col_block < 1:
+        raise ValueError(f"linear_forward_wide: col_block must be >= 1, got {col_block}")
+    if yt.shape[0] < n_out or yt.shape[1] != N:
+        raise ValueError(f"linear_forward_wide: yt must be ({n_out}, {N}), got "
+                         f"({yt.shape[0]}, {yt.shape[1]})")
+    if N == 0:
+        return
+    col_blocks = (n_out + col_block - 1) // col_block
+    for t in prange(col_blocks, nogil=True, schedule='static', num_threads=n_threads):
+        c0 = t * col_block
+        outs = min(col_block, n_out - c0)
+        _gemm(NoTrans, Trans, <int> outs, <int> N, <int> n_in, <floating> 1, &w[c0, 0],
+              <int> n_in, &x[0, 0], <int> n_in, <floating> 0, &yt[c0, 0], <int> N)
+        if has_bias:
+            for r in range(N):
+                for o in range(outs):
+                    y[r, c0 + o] = yt[c0 + o, r] + b[c0 + o]
+        else:
+            for r in range(N):
+                for o in range(outs):
+                    y[r, c0 + o] = yt[c0 + o, r]

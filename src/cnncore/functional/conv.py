@@ -12,6 +12,7 @@ from .._checks import check_blas_size, check_given, check_int, check_ndim, check
 from .._kernels import conv as _conv
 from .._kernels import conv_direct as _conv_direct
 from .._kernels import conv_rows as _conv_rows
+from .._kernels import dense as _dense
 from .._kernels import winograd as _winograd
 from . import planner
 from ._common import _one_blas_thread, _scratch_array, _threads, _typed, _work, cached_geometry
@@ -20,7 +21,8 @@ __all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward"]
 
 
 class _ConvGeometry:
-    __slots__ = ("stride", "padding", "dilation", "groups", "out_hw", "whole_blas_sizes")
+    __slots__ = ("stride", "padding", "dilation", "groups", "in_hw", "out_hw",
+                 "whole_blas_sizes")
 
     def __init__(self, where, x_shape, w_shape, stride, padding, dilation, groups, show=tuple):
         n, c, h, w = x_shape
@@ -41,6 +43,7 @@ class _ConvGeometry:
         if cg * groups != c:
             raise ValueError(f"{where}: x has {c} channels (shape {x_shape}) but weight "
                              f"{w_shape} with groups={groups} expects {cg * groups}")
+        self.in_hw = (h, w)
         self.out_hw = (
             out_size(h, kh, self.stride[0], self.padding[0], self.dilation[0], where=where,
                      axis="H"),
@@ -252,13 +255,56 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     return grad_x, grad_weight
 
 
+def _dense_weight(weight, geo):
+    """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)``: ``W'[(o, a, b), (c, i,
+    j)] = w[o, c, ki, kj]`` where input pixel ``(i, j) = (a*sh - ph + ki*dh, b*sw - pw +
+    kj*dw)`` is tap ``(ki, kj)`` of output pixel ``(a, b)``. For the maps
+    :func:`planner.use_dense` accepts, every output's taps cover the whole input, so no
+    entry of ``W'`` is a structural zero (no ``0 * inf`` where a direct sum skips a pixel)."""
+    c_out, c_in, kh, kw = weight.shape
+    (h, w), (ho, wo) = geo.in_hw, geo.out_hw
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    dense = np.zeros((c_out, ho, wo, c_in, h, w), dtype=weight.dtype)
+    for a in range(ho):
+        for ki in range(kh):
+            i = a * sh - ph + ki * dh
+            if not 0 <= i < h:
+                continue
+            for b in range(wo):
+                for kj in range(kw):
+                    j = b * sw - pw + kj * dw
+                    if 0 <= j < w:
+                        dense[:, a, b, :, i, j] = weight[:, :, ki, kj]
+    return dense.reshape(c_out * ho * wo, c_in * h * w)
+
+
+def _dense_conv(x, weight, bias, geo, n_threads, cache, token):
+    """A convolution on a map so small that every output reads the whole input
+    (:func:`planner.use_dense`, e.g. 3x3 padding 1 on 2x2): one GEMM ``y = x W'^T`` with
+    the matrix of :func:`_dense_weight`, kept in ``cache`` under ``token`` (eval-mode
+    Conv2d) as the Winograd transforms are."""
+    n = x.shape[0]
+    c_out, (ho, wo) = weight.shape[0], geo.out_hw
+    key = ("dense", geo.in_hw, geo.kernel_args())
+    w_dense = cache.get(key, token, weight, lambda: _dense_weight(weight, geo))
+    y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
+    y2 = y.reshape(n, -1)
+    b = (np.repeat(bias, ho * wo) if bias is not None else np.empty(0, dtype=x.dtype))
+    yt = _scratch_array("conv_dense_yt", (y2.shape[1], n), x.dtype)
+    with _one_blas_thread():
+        _dense.linear_forward_wide(x.reshape(n, -1), w_dense, b, y2, yt, n_threads,
+                                   planner._DENSE_COL_BLOCK)
+    return y
+
+
 def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
                   one_d=False, cache=None, token=None):
     x, weight, bias, _, geo = _conv_inputs(where, x, weight, stride, padding, dilation,
                                            groups, bias=bias, one_d=one_d)
     n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
-    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, n=n, kept=cache is not None)
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, n=n, kept=cache is not None,
+                                       itemsize=x.itemsize)
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
     if algorithm == "direct":
         tasks = n * c_out
@@ -267,6 +313,8 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     elif algorithm == "winograd":
         check_blas_size(where, *geo.whole_blas_sizes)
         tasks = 16 * n  # 16 GEMMs per block of samples to share out
+    elif algorithm == "dense":
+        tasks = -(-c_out * geo.out_hw[0] * geo.out_hw[1] // planner._DENSE_COL_BLOCK)
     else:
         rows, n_tiles, k_parts, _ = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
                                                x.itemsize)
@@ -274,6 +322,8 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     n_threads = _threads(n_threads, where, tasks, flops)
     if n and algorithm == "winograd":
         return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads, cache, token)
+    if n and algorithm == "dense":
+        return _dense_conv(x, weight, bias, geo, n_threads, cache, token)
     y = np.empty((n, c_out, *geo.out_hw), dtype=x.dtype)
     if n == 0:
         return y
