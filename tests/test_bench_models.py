@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from cnncore.bench import models
+from cnncore.bench import models, timing
 from cnncore.bench.__main__ import DEFAULT_OPS, build_parser, settings_from_args
 from cnncore.bench.backends import import_torch
 
@@ -95,6 +95,150 @@ def test_time_budgeted_stops_after_the_budget():
     ticks = iter(range(0, 1000, 5))
     s, _ = models.time_budgeted(lambda: None, 0, 2, budget=1000, clock=lambda: next(ticks))
     assert s["n"] == 2 and not s["cut"]
+
+
+def _stubs(durations, faults_per_call=None):
+    """Stub implementations on a fake clock: each call of ``name`` records itself and
+    advances the clock by ``durations[name]`` (and a fake fault counter by
+    ``faults_per_call[name]``); each returns (name, its call count)."""
+    state = {"now": 0.0, "faults": 0, "calls": [], "sleeps": []}
+    counts = {name: 0 for name in durations}
+
+    def make(name):
+        def fn():
+            counts[name] += 1
+            state["calls"].append(name)
+            state["now"] += durations[name]
+            state["faults"] += (faults_per_call or {}).get(name, 0)
+            return name, counts[name]
+        return fn
+    fns = {name: make(name) for name in durations}
+    kw = dict(clock=lambda: state["now"], faults=lambda: state["faults"],
+              sleep=lambda t: state["sleeps"].append((len(state["calls"]), t)))
+    return fns, state, kw
+
+
+def test_time_interleaved_alternates_and_keeps_each_implementations_times():
+    fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0, "onnxruntime": 2.0},
+                            {"cnncore": 10, "torch": 0, "onnxruntime": 4})
+    times, last = timing.time_interleaved(fns, repeats=4, budget=1000, min_repeats=1,
+                                          pause=0.02, **kw)
+    assert state["calls"] == ["cnncore", "torch", "onnxruntime"] * 4
+    # a pause after every call, none inside a timed region (the clock did not move)
+    assert state["sleeps"] == [(i, 0.02) for i in range(1, 13)]
+    assert times["cnncore"]["times"] == [1.0] * 4 and times["torch"]["times"] == [3.0] * 4
+    assert times["onnxruntime"]["median"] == 2.0 and times["torch"]["n"] == 4
+    assert times["cnncore"]["minor_faults_per_call"] == 10
+    assert times["torch"]["minor_faults_per_call"] == 0
+    assert times["onnxruntime"]["minor_faults_per_call"] == 4
+    assert not any(t["cut"] for t in times.values())
+    assert last == {"cnncore": ("cnncore", 4), "torch": ("torch", 4),
+                    "onnxruntime": ("onnxruntime", 4)}
+
+
+def test_time_interleaved_budget_counts_every_implementation():
+    # rounds of 1 + 3 = 4 s; budget 5 s per implementation = 10 s: stop after 3 rounds
+    fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0})
+    times, _ = timing.time_interleaved(fns, repeats=10, budget=5, min_repeats=1, pause=0, **kw)
+    assert state["calls"] == ["cnncore", "torch"] * 3 and state["sleeps"] == []
+    assert times["cnncore"]["n"] == times["torch"]["n"] == 3
+    assert times["cnncore"]["cut"] and times["torch"]["cut"]
+    fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0})
+    times, _ = timing.time_interleaved(fns, repeats=10, budget=0, min_repeats=4, pause=0, **kw)
+    assert times["cnncore"]["n"] == 4                # at least min_repeats rounds
+    fns, state, kw = _stubs({"cnncore": 1.0})
+    times, _ = timing.time_interleaved(fns, repeats=2, budget=1000, pause=0, faults=None,
+                                       clock=kw["clock"])
+    assert times["cnncore"]["n"] == 2 and not times["cnncore"]["cut"]
+    assert times["cnncore"]["minor_faults_per_call"] is None
+    with pytest.raises(ValueError):
+        timing.time_interleaved({}, 1, 0)
+
+
+def _recording(monkeypatch, log):
+    """Wrap models.cnncore_call / torch_call so that every call is logged, with whether
+    the cnncore memory pool was NumPy's allocator during it."""
+    from cnncore.memory import pool_active
+    real_c, real_t = models.cnncore_call, models.torch_call
+
+    def cnncore_call(*args):
+        fn = real_c(*args)
+
+        def call():
+            log.append(("c", pool_active()))
+            return fn()
+        return call
+
+    def torch_call(*args):
+        fn = real_t(*args)
+
+        def call():
+            log.append(("t", pool_active()))
+            return fn()
+        return call
+    monkeypatch.setattr(models, "cnncore_call", cnncore_call)
+    monkeypatch.setattr(models, "torch_call", torch_call)
+
+
+@needs_torch
+def test_run_case_interleaves_the_timed_calls(monkeypatch):
+    torch.set_num_threads(1)
+    log = []
+    _recording(monkeypatch, log)
+    kw = dict(warmup=2, repeats=3, budget=1000, min_repeats=1, settle=0, pause=0)
+    row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1, **kw)
+    # the warm-ups in each implementation's own block, then rounds c, t, c, t, c, t
+    assert "".join(c for c, _ in log) == "cc" + "tt" + "ct" * 3
+    # the pool stays NumPy's allocator for every cnncore call, timed ones included
+    assert all(active for c, active in log if c == "c")
+    assert row["interleaved"] and row["check"] == "ok"
+    assert row["times"]["cnncore"]["n"] == row["times"]["torch"]["n"] == 3
+    assert row["peak_mb"]["cnncore"] is None or row["peak_mb"]["cnncore"] >= 0
+    # training: the checking step, the warm-up (at least one), the rounds, then the
+    # float64 checking step of float64_grad_error (outside the timed region)
+    log.clear()
+    row = models.run_case(models.Case(models.NETWORKS[0], "train", 4), torch, 1,
+                          **dict(kw, warmup=0, repeats=2))
+    assert "".join(c for c, _ in log) == "cc" + "tt" + "ct" * 2 + "ct"
+    assert row["check"] == "ok" and row["times"]["torch"]["n"] == 2
+    # interleave=False: one block per implementation, torch outside the pool
+    log.clear()
+    row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1,
+                          interleave=False, **kw)
+    assert "".join(c for c, _ in log) == "c" * 5 + "t" * 5
+    assert all(active for c, active in log if c == "c")
+    assert not any(active for c, active in log if c == "t")
+    assert not row["interleaved"] and row["times"]["torch"]["n"] == 3
+
+
+def test_no_interleave_reaches_run_case(monkeypatch):
+    from cnncore.bench import runner
+    seen = []
+    real = models.run_case
+
+    def run_case(*args, **kwargs):
+        seen.append((kwargs["interleave"], kwargs["pause"]))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(models, "run_case", run_case)
+    p = build_parser()
+    base = ["--smoke", "--ops", "models", "--models", "lenet5", "--threads", "1",
+            "--no-torch", "--no-ort"]
+    for extra, want in (([], True), (["--no-interleave"], False)):
+        seen.clear()
+        s = settings_from_args(p.parse_args(base + extra))
+        assert s.models_interleave is want and s.as_dict()["models_interleave"] is want
+        lines = []
+        res = runner.run(s, emit=lines.append)
+        assert seen == [(want, 0.0)] * 2
+        assert res["settings"]["models_interleave"] is want
+        assert [r["interleaved"] for r in res["models"]] == [want] * 2
+        header = [ln for ln in lines if "models rows:" in ln]
+        assert len(header) == 1
+        assert ("interleaved rounds" in header[0]) is want
+        assert ("one block per implementation (--no-interleave)" in header[0]) is not want
+    assert settings_from_args(p.parse_args(["--ops", "models", "--quick"])).models_pause > 0
+    with pytest.raises(ValueError, match="need --ops models"):
+        settings_from_args(p.parse_args(["--no-interleave"]))
 
 
 def test_rel_error():

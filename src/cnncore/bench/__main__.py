@@ -64,6 +64,12 @@ def build_parser():
     p.add_argument("--models-memory", action="store_true",
                    help="with --ops models: also measure each case's peak memory in a fresh "
                         "process per implementation (slower; the table then shows it)")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="with --ops models: time each implementation in one block of warm-up "
+                        "+ repeats calls instead of interleaved rounds (default: after each "
+                        "implementation's warm-up, rounds of one call of cnncore, torch and "
+                        "ONNX Runtime each, 0.02 s apart, so that all see the same machine "
+                        "speed)")
     p.add_argument("--shapes", default="",
                    help="comma-separated shape names to keep (default: all)")
     p.add_argument("--repeats", type=int, default=None,
@@ -129,8 +135,8 @@ def settings_from_args(args, parser=None):
         _models.select_networks(model_names)
     except ValueError as exc:
         fail(str(exc))
-    if (model_names or args.models_memory) and "models" not in ops:
-        fail("--models and --models-memory need --ops models")
+    if (model_names or args.models_memory or args.no_interleave) and "models" not in ops:
+        fail("--models, --models-memory and --no-interleave need --ops models")
     names = {n.strip() for n in args.shapes.split(",") if n.strip()}
     unknown = names - {s.name for s in CONV_SHAPES + POOL_SHAPES}
     if unknown:
@@ -181,7 +187,9 @@ def settings_from_args(args, parser=None):
         memory_pool=not args.no_memory_pool, models=model_names,
         models_memory=args.models_memory, use_ort=not args.no_ort,
         models_budget={"smoke": 0.0, "quick": 10.0, "full": 60.0}[mode],
-        models_min_repeats=1 if mode == "smoke" else 3)
+        models_min_repeats=1 if mode == "smoke" else 3,
+        models_interleave=not args.no_interleave,
+        models_pause=0.0 if mode == "smoke" else 0.02)
 
 
 def _jsonable(obj):

@@ -23,14 +23,33 @@ in float64; gradients: :data:`GRAD_TOLERANCE`): the row's check is ``ok`` or
 pre-activation is within rounding of 0); ``grad_rel_error`` is reported, not judged. The classifier head, which the zoo starts at zero, is drawn at random so
 that the logits are not all zero.
 
-Times are medians of ``repeats`` calls after ``warmup`` calls; a case whose calls are
-slow stops after ``budget`` seconds of timed calls (at least ``min_repeats``). Memory:
-``peak_mb`` is the peak resident set size during all the calls of an implementation (check,
-warm-up, timed) above the resident size before the first one, once the model, its twin and
-the batch are built and freed C-heap memory is returned to the system (``malloc_trim``):
+Times are medians. By default (``interleave=True``) each implementation first runs its
+check call(s) and ``warmup`` warm-up calls (at least one) in a block of its own; then the
+implementations are timed in interleaved rounds, each round calling cnncore, torch and ONNX
+Runtime once each, every call timed alone with ``time.perf_counter`` and followed by a
+``pause`` (0.02 s) so that the OpenMP threads of one runtime stop spinning before the next
+runs (:func:`~cnncore.bench.timing.time_interleaved`): the speed of a shared machine drifts
+by up to 30 % within a minute, and interleaving lets every implementation see the same
+drift, so the ratios are steadier than block timings. Each median comes from that
+implementation's own calls; at most ``repeats`` rounds, and the rounds stop once their
+summed call times exceed ``budget`` seconds per implementation (at least ``min_repeats``
+rounds: ``cut`` in the summary); ``minor_faults_per_call`` counts the page faults around
+each implementation's own calls only. ``interleave=False`` (``--no-interleave``) times each
+implementation in one block of ``warmup`` + ``repeats`` calls, as before
+(:func:`~cnncore.bench.timing.time_budgeted`).
+
+Memory: ``peak_mb`` is the peak resident set size during an implementation's block above
+the resident size before it, once the model, its twin, the ONNX Runtime session and the
+batch are built and freed C-heap memory is returned to the system (``malloc_trim``):
 activations, temporaries, cached pool blocks, gradients and momentum buffers, measured in
-this process; :func:`measure_here` (``--models-memory``) measures it in a fresh process per
-case and implementation instead.
+this process. Peak-memory blocks cannot be interleaved, so with interleaving it covers the
+check and warm-up calls (where the memory pool reaches its peak), not the timed rounds;
+with ``--no-interleave`` all the calls. The cnncore memory pool stays entered from
+cnncore's block to the end of the rounds (leaving it would drop its cached blocks), so the
+torch and ONNX Runtime calls run while it is NumPy's allocator: neither allocates its
+tensors through NumPy (only ONNX Runtime's output array). :func:`measure_here`
+(``--models-memory``) measures the peak in a fresh process per case and implementation
+instead.
 """
 
 import contextlib
@@ -44,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import memory as _mem
-from .timing import minor_faults, summarize
+from .timing import time_budgeted, time_interleaved
 
 __all__ = ["Net", "Case", "NETWORKS", "plan", "select_networks", "build_model", "run_case",
            "measure", "measure_here", "IMPLS"]
@@ -311,83 +330,87 @@ class PeakRss:
         return False
 
 
-def time_budgeted(fn, warmup, repeats, budget, min_repeats=1, clock=time.perf_counter):
-    """As :func:`cnncore.bench.timing.time_call`, but the timed calls stop once they have
-    taken ``budget`` seconds and at least ``min_repeats`` ran (``summary["cut"]``)."""
-    result = None
-    for _ in range(max(0, warmup)):
-        result = fn()
-    times = []
-    f0 = minor_faults()
-    for _ in range(max(1, repeats)):
-        t0 = clock()
-        result = fn()
-        times.append(clock() - t0)
-        if len(times) >= min_repeats and sum(times) >= budget and len(times) < repeats:
-            break
-    f1 = minor_faults()
-    s = summarize(times)
-    s["cut"] = len(times) < repeats
-    s["minor_faults_per_call"] = None if f0 is None or f1 is None else (f1 - f0) / len(times)
-    return s, result
-
-
-def _time_ort(model, case, x, threads, warmup, repeats, budget, min_repeats, row):
-    """The ONNX Runtime column of an inference case: the model exported by
-    :func:`cnncore.onnx.export`, run at ``intra_op_num_threads=threads``; its output is
-    checked against cnncore's (``row['ort_rel_error']``)."""
-    from ..onnx.bench import ort_session
-    run = ort_session(model, case.net.input_shape, threads=threads)
-    with PeakRss() as mem:
-        row["times"]["onnxruntime"], out = time_budgeted(lambda: run(x), warmup, repeats,
-                                                         budget, min_repeats)
-    row["peak_mb"]["onnxruntime"] = mem.mb
-    return np.asarray(out)
-
-
 def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
              budget=30.0, min_repeats=3, memory_pool=True, settle=0.25, monitor=None,
-             use_ort=False):
+             use_ort=False, interleave=True, pause=0.02):
     """Time one case (cnncore, torch unless ``torch`` is None, and for inference ONNX
-    Runtime if ``use_ort``); returns the row dict."""
+    Runtime if ``use_ort``); returns the row dict. ``interleave``: timed in interleaved
+    rounds with ``pause`` seconds after each call (see the module docstring), else one
+    block per implementation; ``settle``: sleep between the implementations' blocks."""
     from ..memory import memory_pool as pool
     from .. import interop
 
     model = build_model(case.net, dtype, seed)
     x, labels = make_batch(case.net, case.batch, dtype, seed)
     tmodel = interop.to_torch(model) if torch is not None else None
+    run_ort = None
+    if use_ort and case.mode == "infer":  # built first: not in any implementation's peak
+        from ..onnx.bench import ort_session
+        run_ort = ort_session(model, case.net.input_shape, threads=threads)
     row = {"group": "models", "name": case.name, "network": case.net.id,
            "label": case.net.label, "input_shape": list(case.net.input_shape),
            "mode": case.mode, "batch": case.batch, "params": model.num_parameters(),
-           "times": {}, "images_per_s": {}, "peak_mb": {}, "check": "no torch"}
+           "times": {}, "images_per_s": {}, "peak_mb": {}, "check": "no torch",
+           "interleaved": bool(interleave)}
     before = monitor.snapshot() if monitor else None
-    outputs, grads = {}, None
-    alloc = pool() if memory_pool else contextlib.nullcontext()
-    with alloc, PeakRss() as mem:
-        fn = cnncore_call(model, case.mode, x, labels)
-        if case.mode == "train" and tmodel is not None:
-            with _no_dropout(model, tmodel):  # the checking step, before any update
-                outputs["check_cnncore"] = np.array(fn())
-            grads = {name: p.grad.copy() for name, p in model.named_parameters()}
-        row["times"]["cnncore"], out = time_budgeted(fn, warmup, repeats, budget, min_repeats)
-        outputs["cnncore"] = np.array(out)
-        del fn, out
-    row["peak_mb"]["cnncore"] = mem.mb
-    if tmodel is not None:
-        torch.manual_seed(seed)
-        time.sleep(settle)  # cnncore's OpenMP threads stop spinning
+    outputs, grads, rounds = {}, None, {}
+
+    def block(impl, fn):
+        """The calls of ``impl`` in its peak-memory block after its check: its warm-up
+        (interleaved: at least one, so that the block measures a call), or warm-up and
+        timed calls (``--no-interleave``); returns the last call's output."""
+        if not interleave:
+            row["times"][impl], out = time_budgeted(fn, warmup, repeats, budget, min_repeats)
+            return out
+        rounds[impl] = fn
+        for _ in range(max(1, warmup)):
+            out = fn()
+        return out
+
+    with contextlib.ExitStack() as stack:
+        if memory_pool:  # interleaved: entered until the rounds end
+            stack.enter_context(pool())
         with PeakRss() as mem:
-            fn = torch_call(torch, tmodel, case.mode, x, labels)
-            if case.mode == "train":
-                with _no_dropout(model, tmodel):
-                    outputs["check_torch"] = fn().numpy()
-                row["grad_rel_error"] = grad_error(grads, tmodel)
-                del grads
-            row["times"]["torch"], out = time_budgeted(fn, warmup, repeats, budget,
-                                                       min_repeats)
-            outputs["torch"] = out.numpy().copy()
-            del fn, out
-        row["peak_mb"]["torch"] = mem.mb
+            fn = cnncore_call(model, case.mode, x, labels)
+            if case.mode == "train" and tmodel is not None:
+                with _no_dropout(model, tmodel):  # the checking step, before any update
+                    outputs["check_cnncore"] = np.array(fn())
+                grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+            outputs["cnncore"] = np.array(block("cnncore", fn))
+            del fn
+        row["peak_mb"]["cnncore"] = mem.mb
+        if not interleave:
+            stack.close()  # one block per implementation: torch runs outside the pool
+        if tmodel is not None:
+            torch.manual_seed(seed)
+            time.sleep(settle)  # cnncore's OpenMP threads stop spinning
+            with PeakRss() as mem:
+                fn = torch_call(torch, tmodel, case.mode, x, labels)
+                if case.mode == "train":
+                    with _no_dropout(model, tmodel):
+                        outputs["check_torch"] = fn().numpy()
+                    row["grad_rel_error"] = grad_error(grads, tmodel)
+                    del grads
+                outputs["torch"] = block("torch", fn).numpy().copy()
+                del fn
+            row["peak_mb"]["torch"] = mem.mb
+        if run_ort is not None:
+            time.sleep(settle)
+            with PeakRss() as mem:
+                outputs["onnxruntime"] = np.array(block("onnxruntime", lambda: run_ort(x)))
+            row["peak_mb"]["onnxruntime"] = mem.mb
+        if interleave:
+            time.sleep(settle)
+            times, last = time_interleaved(rounds, repeats, budget, min_repeats, pause)
+            rounds.clear()
+            row["times"].update(times)
+            outputs["cnncore"] = np.array(last.pop("cnncore"))
+            if "torch" in last:
+                outputs["torch"] = last.pop("torch").numpy().copy()
+            if "onnxruntime" in last:
+                outputs["onnxruntime"] = np.array(last.pop("onnxruntime"))
+            del last
+    if tmodel is not None:
         key = "check_" if case.mode == "train" else ""
         row["rel_error"] = rel_error(outputs[key + "cnncore"], outputs[key + "torch"])
         ok = row["rel_error"] <= TOLERANCE[dtype]
@@ -398,10 +421,8 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
             ok = ok and row["grad_rel_error"] <= GRAD_TOLERANCE[dtype]
         row["check"] = "ok" if ok else "MISMATCH"
         row["ratio_torch"] = row["times"]["cnncore"]["median"] / row["times"]["torch"]["median"]
-    if use_ort and case.mode == "infer":
-        time.sleep(settle)
-        out = _time_ort(model, case, x, threads, warmup, repeats, budget, min_repeats, row)
-        row["ort_rel_error"] = rel_error(outputs["cnncore"], out)
+    if run_ort is not None:
+        row["ort_rel_error"] = rel_error(outputs["cnncore"], outputs["onnxruntime"])
         row["ratio_ort"] = (row["times"]["cnncore"]["median"]
                             / row["times"]["onnxruntime"]["median"])
         if row["ort_rel_error"] > TOLERANCE[dtype]:
@@ -409,7 +430,8 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
     for impl, t in row["times"].items():
         row["images_per_s"][impl] = case.batch / t["median"]
     row["other_cpu"] = monitor.other_share(before, monitor.snapshot()) if monitor else None
-    del model, tmodel
+    del model, tmodel, outputs
+    run_ort = None
     gc.collect()
     return row
 

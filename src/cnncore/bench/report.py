@@ -173,8 +173,11 @@ MODELS_NOTE = (
     "whole networks (--ops models): the zoo model and its cnncore.interop.to_torch twin "
     "(same weights); infer = eval-mode forward (torch under inference_mode), train = one "
     "SGD-momentum step with softmax cross-entropy (cnncore as Trainer.fit does it, in a "
-    "memory pool); ms = median; /torch = cnncore time / torch time; MB = peak RSS of all "
-    "the calls above the resident size before the first (activations, temporaries, "
+    "memory pool); ms = median, by default of interleaved rounds (one call of each "
+    "implementation per round, after each one's own warm-up; --no-interleave: one block of "
+    "calls each); /torch = cnncore time / torch time; MB = peak RSS of an implementation's "
+    "check and warm-up calls (--no-interleave: of all its calls; the memory pool reaches "
+    "its peak there) above the resident size before the first (activations, temporaries, "
     "gradients, momentum; weights and inputs excluded; --models-memory: the same in a "
     "fresh process per case and implementation); ort = the model exported by "
     "cnncore.onnx.export in ONNX Runtime (inference rows, when onnx and onnxruntime are "
@@ -206,6 +209,21 @@ def models_row(row):
         fmt_ratio(row.get("ratio_ort")), row["check"]) + flag
 
 
+def models_timing_line(s):
+    """The header line that says how the whole-network rows are timed (settings dict)."""
+    limit = (f"stopping after {s.get('models_budget', 0):g} s of calls per implementation "
+             f"once {s.get('models_min_repeats', 1)} ran")
+    if s.get("models_interleave", False):
+        return (f"  models rows: median of interleaved rounds (at most {s['repeats']}, "
+                f"{limit}): after each implementation's own check and warm-up "
+                f"({max(1, s['warmup'])} call(s)), every round calls cnncore, torch and "
+                f"(inference, when used) ONNX Runtime once each, each timed alone, "
+                f"{s.get('models_pause', 0):g} s apart (--no-interleave: one block per "
+                "implementation)")
+    return (f"  models rows: one block per implementation (--no-interleave): median of "
+            f"{s['repeats']} calls after {s['warmup']} warm-up, {limit}")
+
+
 def header_lines(res):
     """The header: what ran, on what, against what peak."""
     s, m, cfg = res["settings"], res["machine"], res["config"]
@@ -218,6 +236,8 @@ def header_lines(res):
         f"(numpy reference: {s['ref_repeats']} after {s['ref_warmup']}); "
         "time.perf_counter, inputs made outside the timed region, seeded data",
     ]
+    if "models" in (s.get("ops") or ()):
+        lines.append(models_timing_line(s))
     if s.get("mode_note"):
         lines.append(f"  {s['mode_note']}")
     load = m.get("load_average")

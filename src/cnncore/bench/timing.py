@@ -1,9 +1,12 @@
-"""Timing helpers: warm-up, repeats, and the median / min / max summary."""
+"""Timing helpers: warm-up, repeats, and the median / min / max summary; for the
+whole-network rows (:mod:`cnncore.bench.models`) a block with a time budget
+(:func:`time_budgeted`) and interleaved rounds of several implementations
+(:func:`time_interleaved`)."""
 
 import statistics
 import time
 
-__all__ = ["summarize", "time_call", "minor_faults"]
+__all__ = ["summarize", "time_call", "minor_faults", "time_budgeted", "time_interleaved"]
 
 
 def summarize(times):
@@ -77,3 +80,96 @@ def time_call(fn, warmup, repeats, clock=time.perf_counter, faults=minor_faults)
     summary = summarize(times)
     summary["minor_faults_per_call"] = None if f0 is None or f1 is None else (f1 - f0) / repeats
     return summary, result
+
+
+def time_budgeted(fn, warmup, repeats, budget, min_repeats=1, clock=time.perf_counter,
+                  faults=minor_faults):
+    """As :func:`time_call`, but the timed calls stop once they have taken ``budget``
+    seconds and at least ``min_repeats`` ran (``summary["cut"]``: fewer than ``repeats``)."""
+    result = None
+    for _ in range(max(0, warmup)):
+        result = fn()
+    times = []
+    f0 = faults() if faults else None
+    for _ in range(max(1, repeats)):
+        t0 = clock()
+        result = fn()
+        times.append(clock() - t0)
+        if len(times) >= min_repeats and sum(times) >= budget and len(times) < repeats:
+            break
+    f1 = faults() if faults else None
+    s = summarize(times)
+    s["cut"] = len(times) < repeats
+    s["minor_faults_per_call"] = None if f0 is None or f1 is None else (f1 - f0) / len(times)
+    return s, result
+
+
+def time_interleaved(fns, repeats, budget, min_repeats=1, pause=0.02,
+                     clock=time.perf_counter, sleep=time.sleep, faults=minor_faults):
+    """Time several implementations in interleaved rounds, so that all of them see the same
+    machine speed (a shared host drifts by tens of percent within a minute).
+
+    Each round calls every ``fns`` entry once, in the dict's order, each call timed alone,
+    with ``pause`` seconds of sleep after each call (untimed: the OpenMP workers of the one
+    just called stop spinning before the next one runs). No warm-up here: the caller warms
+    each implementation up beforehand.
+
+    Parameters
+    ----------
+    fns : dict
+        ``{name: fn}``, ``fn`` taking no argument.
+    repeats : int
+        At most this many rounds (at least 1).
+    budget : float
+        Seconds per implementation: the rounds stop once the summed times of all the timed
+        calls so far exceed ``budget * len(fns)`` (pauses not counted) and at least
+        ``min_repeats`` rounds ran.
+    min_repeats : int
+    pause : float
+        Sleep after every call, in seconds (0: none).
+    clock, sleep, faults : callable
+        Time source, sleep function and page-fault counter (:func:`minor_faults`, read just
+        before and after each call, outside its timed region; None: not counted).
+
+    Returns
+    -------
+    summaries : dict
+        ``{name: summary}``: :func:`summarize` of that implementation's own calls, plus
+        ``cut`` (fewer than ``repeats`` rounds) and ``minor_faults_per_call`` (the faults
+        counted around its own calls only, per call; None when unavailable).
+    results : dict
+        ``{name: what its last call returned}``.
+    """
+    if not fns:
+        raise ValueError("time_interleaved: no implementation to time")
+    repeats = max(1, repeats)
+    times = {name: [] for name in fns}
+    nfaults = {name: 0 for name in fns}
+    results = {}
+    total = 0.0
+    rounds = 0
+    while rounds < repeats:
+        for name, fn in fns.items():
+            f0 = faults() if faults else None
+            t0 = clock()
+            results[name] = fn()
+            dt = clock() - t0
+            f1 = faults() if faults else None
+            times[name].append(dt)
+            total += dt
+            if f0 is None or f1 is None or nfaults[name] is None:
+                nfaults[name] = None
+            else:
+                nfaults[name] += f1 - f0
+            if pause > 0:
+                sleep(pause)
+        rounds += 1
+        if rounds >= min_repeats and total > budget * len(fns):
+            break
+    out = {}
+    for name in fns:
+        s = summarize(times[name])
+        s["cut"] = rounds < repeats
+        s["minor_faults_per_call"] = None if nfaults[name] is None else nfaults[name] / rounds
+        out[name] = s
+    return out, results
