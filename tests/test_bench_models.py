@@ -122,7 +122,7 @@ def test_time_interleaved_alternates_and_keeps_each_implementations_times():
     fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0, "onnxruntime": 2.0},
                             {"cnncore": 10, "torch": 0, "onnxruntime": 4})
     times, last = timing.time_interleaved(fns, repeats=4, budget=1000, min_repeats=1,
-                                          pause=0.02, **kw)
+                                          pause=0.02, rewarm=0, **kw)
     assert state["calls"] == ["cnncore", "torch", "onnxruntime"] * 4
     # a pause after every call, none inside a timed region (the clock did not move)
     assert state["sleeps"] == [(i, 0.02) for i in range(1, 13)]
@@ -136,15 +136,37 @@ def test_time_interleaved_alternates_and_keeps_each_implementations_times():
                     "onnxruntime": ("onnxruntime", 4)}
 
 
+def test_time_interleaved_rewarm_calls_are_untimed():
+    """Each timed call follows ``rewarm`` untimed calls of the same implementation, back
+    to back (no pause between them); only the timed ones make the median."""
+    durations = {"cnncore": 1.0, "torch": 3.0}
+    fns, state, kw = _stubs(durations)
+
+    def after_switch(name, fn):
+        def call():  # the first call after the other implementation is 10 s slower
+            switched = state["calls"][-1:] != [name]
+            state["now"] += 10.0 if switched else 0.0
+            return fn()
+        return call
+    fns = {name: after_switch(name, fn) for name, fn in fns.items()}
+    times, _ = timing.time_interleaved(fns, repeats=3, budget=1000, pause=0.5, rewarm=2, **kw)
+    assert state["calls"] == ["cnncore"] * 3 + ["torch"] * 3 + ["cnncore"] * 3 + ["torch"] * 3 \
+        + ["cnncore"] * 3 + ["torch"] * 3
+    assert times["cnncore"]["times"] == [1.0] * 3 and times["torch"]["times"] == [3.0] * 3
+    assert state["sleeps"] == [(i, 0.5) for i in range(3, 19, 3)]  # after timed calls only
+
+
 def test_time_interleaved_budget_counts_every_implementation():
     # rounds of 1 + 3 = 4 s; budget 5 s per implementation = 10 s: stop after 3 rounds
     fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0})
-    times, _ = timing.time_interleaved(fns, repeats=10, budget=5, min_repeats=1, pause=0, **kw)
+    times, _ = timing.time_interleaved(fns, repeats=10, budget=5, min_repeats=1, pause=0,
+                                       rewarm=0, **kw)
     assert state["calls"] == ["cnncore", "torch"] * 3 and state["sleeps"] == []
     assert times["cnncore"]["n"] == times["torch"]["n"] == 3
     assert times["cnncore"]["cut"] and times["torch"]["cut"]
     fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0})
-    times, _ = timing.time_interleaved(fns, repeats=10, budget=0, min_repeats=4, pause=0, **kw)
+    times, _ = timing.time_interleaved(fns, repeats=10, budget=0, min_repeats=4, pause=0,
+                                       rewarm=0, **kw)
     assert times["cnncore"]["n"] == 4                # at least min_repeats rounds
     fns, state, kw = _stubs({"cnncore": 1.0})
     times, _ = timing.time_interleaved(fns, repeats=2, budget=1000, pause=0, faults=None,
@@ -185,7 +207,7 @@ def test_run_case_interleaves_the_timed_calls(monkeypatch):
     torch.set_num_threads(1)
     log = []
     _recording(monkeypatch, log)
-    kw = dict(warmup=2, repeats=3, budget=1000, min_repeats=1, settle=0, pause=0)
+    kw = dict(warmup=2, repeats=3, budget=1000, min_repeats=1, settle=0, pause=0, rewarm=0)
     row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1, **kw)
     # the warm-ups in each implementation's own block, then rounds c, t, c, t, c, t
     assert "".join(c for c, _ in log) == "cc" + "tt" + "ct" * 3
@@ -201,6 +223,11 @@ def test_run_case_interleaves_the_timed_calls(monkeypatch):
                           **dict(kw, warmup=0, repeats=2))
     assert "".join(c for c, _ in log) == "cc" + "tt" + "ct" * 2 + "ct"
     assert row["check"] == "ok" and row["times"]["torch"]["n"] == 2
+    # the default: one untimed call before each timed one
+    log.clear()
+    row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1,
+                          **dict(kw, rewarm=1))
+    assert "".join(c for c, _ in log) == "cc" + "tt" + "cctt" * 3
     # interleave=False: one block per implementation, torch outside the pool
     log.clear()
     row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1,
@@ -217,7 +244,7 @@ def test_no_interleave_reaches_run_case(monkeypatch):
     real = models.run_case
 
     def run_case(*args, **kwargs):
-        seen.append((kwargs["interleave"], kwargs["pause"]))
+        seen.append((kwargs["interleave"], kwargs["pause"], kwargs["rewarm"]))
         return real(*args, **kwargs)
     monkeypatch.setattr(models, "run_case", run_case)
     p = build_parser()
@@ -229,14 +256,15 @@ def test_no_interleave_reaches_run_case(monkeypatch):
         assert s.models_interleave is want and s.as_dict()["models_interleave"] is want
         lines = []
         res = runner.run(s, emit=lines.append)
-        assert seen == [(want, 0.0)] * 2
+        assert seen == [(want, 0.0, 0)] * 2  # smoke: no re-warm calls
         assert res["settings"]["models_interleave"] is want
         assert [r["interleaved"] for r in res["models"]] == [want] * 2
         header = [ln for ln in lines if "models rows:" in ln]
         assert len(header) == 1
         assert ("interleaved rounds" in header[0]) is want
         assert ("one block per implementation (--no-interleave)" in header[0]) is not want
-    assert settings_from_args(p.parse_args(["--ops", "models", "--quick"])).models_pause > 0
+    quick = settings_from_args(p.parse_args(["--ops", "models", "--quick"]))
+    assert quick.models_rewarm == 1 and quick.models_pause == 0
     with pytest.raises(ValueError, match="need --ops models"):
         settings_from_args(p.parse_args(["--no-interleave"]))
 

@@ -25,10 +25,12 @@ that the logits are not all zero.
 
 Times are medians. By default (``interleave=True``) each implementation first runs its
 check call(s) and ``warmup`` warm-up calls (at least one) in a block of its own; then the
-implementations are timed in interleaved rounds, each round calling cnncore, torch and ONNX
-Runtime once each, every call timed alone with ``time.perf_counter`` and followed by a
-``pause`` (0.02 s) so that the OpenMP threads of one runtime stop spinning before the next
-runs (:func:`~cnncore.bench.timing.time_interleaved`): the speed of a shared machine drifts
+implementations are timed in interleaved rounds, each round running cnncore, torch and
+ONNX Runtime in turn: ``rewarm`` (1) untimed call, then one call timed alone with
+``time.perf_counter``, back to back (the untimed call absorbs the switch from the other
+runtime: its spinning OpenMP threads, cold caches; see
+:func:`~cnncore.bench.timing.time_interleaved`; ``pause``, 0 by default, sleeps after each
+timed call): the speed of a shared machine drifts
 by up to 30 % within a minute, and interleaving lets every implementation see the same
 drift, so the ratios are steadier than block timings. Each median comes from that
 implementation's own calls; at most ``repeats`` rounds, and the rounds stop once their
@@ -332,10 +334,11 @@ class PeakRss:
 
 def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
              budget=30.0, min_repeats=3, memory_pool=True, settle=0.25, monitor=None,
-             use_ort=False, interleave=True, pause=0.02):
+             use_ort=False, interleave=True, pause=0.0, rewarm=1):
     """Time one case (cnncore, torch unless ``torch`` is None, and for inference ONNX
     Runtime if ``use_ort``); returns the row dict. ``interleave``: timed in interleaved
-    rounds with ``pause`` seconds after each call (see the module docstring), else one
+    rounds of ``rewarm`` untimed and one timed call per implementation, ``pause`` seconds
+    after each timed call (see the module docstring), else one
     block per implementation; ``settle``: sleep between the implementations' blocks."""
     from ..memory import memory_pool as pool
     from .. import interop
@@ -401,7 +404,8 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
             row["peak_mb"]["onnxruntime"] = mem.mb
         if interleave:
             time.sleep(settle)
-            times, last = time_interleaved(rounds, repeats, budget, min_repeats, pause)
+            times, last = time_interleaved(rounds, repeats, budget, min_repeats, pause,
+                                           rewarm)
             rounds.clear()
             row["times"].update(times)
             outputs["cnncore"] = np.array(last.pop("cnncore"))

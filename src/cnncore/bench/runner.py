@@ -57,10 +57,12 @@ class Settings:
     use_ort: bool = True
     models_budget: float = 60.0
     models_min_repeats: int = 3
-    #: models rows: interleaved rounds (cnncore, torch, ORT once each per round) with
-    #: ``models_pause`` seconds after each call; False (``--no-interleave``): one block each
+    #: models rows: interleaved rounds (cnncore, torch, ORT in turn: ``models_rewarm``
+    #: untimed calls, one timed call, ``models_pause`` seconds after it); False
+    #: (``--no-interleave``): one block each
     models_interleave: bool = True
-    models_pause: float = 0.02
+    models_pause: float = 0.0
+    models_rewarm: int = 1
 
     def as_dict(self):
         d = asdict(self)
@@ -288,7 +290,8 @@ class _Bench:
                 case, self.torch, s.threads, self.dtype.name, s.seed, warmup=s.warmup,
                 repeats=s.repeats, budget=s.models_budget, min_repeats=s.models_min_repeats,
                 memory_pool=s.memory_pool, settle=s.settle, monitor=self.monitor,
-                use_ort=self.use_ort, interleave=s.models_interleave, pause=s.models_pause)
+                use_ort=self.use_ort, interleave=s.models_interleave, pause=s.models_pause,
+                rewarm=s.models_rewarm)
             if s.models_memory:
                 row["memory_fresh"] = {}
                 impls = ["cnncore"] + (["torch"] if self.torch is not None else [])
