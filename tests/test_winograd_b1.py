@@ -305,3 +305,44 @@ def test_kept_transforms_in_a_model(rng, transform_count):
     fresh = Sequential(Conv2d(32, 32, 3, padding=1), ReLU(), Conv2d(32, 32, 3, padding=1))
     fresh.load_state_dict(model.state_dict())
     np.testing.assert_array_equal(model(x), fresh.eval()(x))
+
+
+# (C_in, C_out, H = W) -> forward and backward: few output channels take Winograd with
+# enough input channels on a large enough map (planner._WINOGRAD_FEW_OUT_RULES).
+FEW_OUT_CASES = [
+    (48, 12, 32, "winograd"),   # DenseNet-121 bottleneck, first block
+    (48, 12, 16, "winograd"),   # second block
+    (48, 12, 8, "im2col"),      # third block: 16 tiles per sample
+    (32, 12, 32, "winograd"),
+    (32, 12, 16, "im2col"),     # 32 inputs need 256 tiles
+    (24, 12, 32, "winograd"),
+    (16, 12, 32, "im2col"),     # too few inputs
+    (48, 4, 32, "im2col"),      # too few outputs
+    (48, 24, 16, "winograd"),   # backward's minimum is 32 channels: the rule applies there
+]
+
+
+@pytest.mark.parametrize("c_in,c_out,h,expected", FEW_OUT_CASES)
+def test_planner_few_output_channels(c_in, c_out, h, expected):
+    geo = _conv_geometry("test", (64, c_in, h, h), (c_out, c_in, 3, 3), 1, 1, 1, 1)
+    assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, n=64) == expected
+    assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, backward=True, n=64) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_few_output_channels_match_reference(dtype, rng, monkeypatch):
+    """The planner's own thresholds (not lowered as by winograd_calls) pick Winograd."""
+    calls = []
+    original = F.conv._winograd_conv
+    monkeypatch.setattr(F.conv, "_winograd_conv",
+                        lambda *a, **k: calls.append(a[1].shape) or original(*a, **k))
+    x, w, b = make_conv2d_inputs(_cfg(2, 48, 12, 16, 16, 3, padding=1), dtype, rng)
+    y = F.conv2d(x, w, b, padding=1, n_threads=2)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, padding=1, n_threads=2)
+    assert calls == [(12, 48, 3, 3), (48, 12, 3, 3)]  # forward; input gradient
+    assert_close(y, R.conv2d(*as_float64(x, w, b), padding=1), dtype, "conv2d")
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), padding=1)
+    assert_close(gx, ex, dtype, "grad_x")
+    assert_close(gw, ew, dtype, "grad_weight")
+    assert_close(gb, eb, dtype, "grad_bias")

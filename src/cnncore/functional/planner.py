@@ -53,6 +53,19 @@ _BLAS_INT_MAX = 2 ** 31 - 1
 _WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_MIN_CHANNELS_BACKWARD = 32
 _WINOGRAD_MIN_TILES = 64
+# Few output channels (DenseNet's 48 -> 12 bottleneck convolutions): Winograd still wins
+# with enough input channels on a large enough map. Measured side by side (float32, 2
+# threads, batch 64, pad 1, median; Winograd / im2col time, forward and backward; the
+# weight transform included, as in training):
+#   48 -> 12 at 32x32 0.68 / 0.65   at 16x16 0.80 / 0.68   at 8x8 1.60 / 1.67 (im2col)
+#   32 -> 12 at 32x32 0.73 / 0.70   at 16x16 1.53 / 0.98 (im2col)
+#   24 -> 12 at 32x32 0.79 / 0.52   64 -> 12 at 16x16 0.83 / 0.64   48 -> 24 at 16x16 0.75 / 0.68
+#   16 -> 8 at 16x16 1.7 (forward; im2col)
+# So C_out >= _WINOGRAD_FEW_OUT below the usual channel minimum takes Winograd with C_in >=
+# 24 and >= 256 tiles per sample (32x32 outputs), or C_in >= 48 and >= 64 tiles (16x16):
+# (C_in, tiles per sample) pairs in _WINOGRAD_FEW_OUT_RULES.
+_WINOGRAD_FEW_OUT = 8
+_WINOGRAD_FEW_OUT_RULES = ((24, 256), (48, 64))
 _WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tiles
 # ... and enough 2x2 output tiles in the whole batch (N * ceil(Ho/2) * ceil(Wo/2)): with
 # few tiles its 16 GEMMs are matrix-vector products that read U (16 * C_out * C_in, 16/9
@@ -117,16 +130,26 @@ def transposed_dw_cols(k_g, p, pointwise):
 
 
 
+def _winograd_channels(c_in, c_out, min_channels, tiles):
+    """Enough channels for Winograd: ``min_channels`` in and out, or few outputs
+    (_WINOGRAD_FEW_OUT <= C_out < min_channels) with enough inputs for the map's ``tiles``
+    2x2 output tiles per sample (see _WINOGRAD_FEW_OUT_RULES)."""
+    if min(c_in, c_out) >= min_channels:
+        return True
+    return c_out >= _WINOGRAD_FEW_OUT and any(
+        c_in >= need_in and tiles >= need_tiles for need_in, need_tiles in _WINOGRAD_FEW_OUT_RULES)
+
+
 def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
     padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p), at
-    least ``min_channels`` in and out and, unless ``n`` is None, ``min_tiles`` 2x2 output
-    tiles in a batch of ``n``."""
+    least ``min_channels`` in and out (or few outputs on a large map, _winograd_channels)
+    and, unless ``n`` is None, ``min_tiles`` 2x2 output tiles in a batch of ``n``."""
+    tiles = ((geo.out_hw[0] + 1) // 2) * ((geo.out_hw[1] + 1) // 2)
     return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and geo.groups == 1 and max(geo.padding) <= 2
-            and min(c_in, c_out) >= min_channels
-            and (n is None or n * ((geo.out_hw[0] + 1) // 2) * ((geo.out_hw[1] + 1) // 2)
-                 >= min_tiles))
+            and _winograd_channels(c_in, c_out, min_channels, tiles)
+            and (n is None or n * tiles >= min_tiles))
 
 
 def _covers(n_in, n_out, k, stride, pad, dilation):
