@@ -401,3 +401,26 @@ def test_fresh_process_memory():
     if torch is not None:
         t = models.measure(models.plan("smoke")[2], "torch", steps=1, threads=1)
         assert t["case"] == "resnet18-cifar-infer-b2" and t["total_mb"] >= 0
+
+
+@needs_torch
+def test_onnx_runtime_is_timed_after_the_rounds(monkeypatch):
+    """ONNX Runtime's spinning workers slow whatever runs next: it gets one block of its
+    own after the interleaved cnncore/torch rounds."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cnncore.onnx import bench as ort_bench
+    torch.set_num_threads(1)
+    log = []
+    _recording(monkeypatch, log)
+    real = ort_bench.ort_session
+
+    def ort_session(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return lambda x: log.append(("o", None)) or run(x)
+    monkeypatch.setattr(ort_bench, "ort_session", ort_session)
+    kw = dict(warmup=1, repeats=2, budget=1000, min_repeats=1, settle=0, rewarm=1)
+    row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1,
+                          use_ort=True, **kw)
+    assert "".join(c for c, _ in log) == "c" + "t" + "cctt" * 2 + "o" * 3
+    assert row["times"]["onnxruntime"]["n"] == 2 and row["check"] == "ok"

@@ -23,10 +23,10 @@ in float64; gradients: :data:`GRAD_TOLERANCE`): the row's check is ``ok`` or
 pre-activation is within rounding of 0); ``grad_rel_error`` is reported, not judged. The classifier head, which the zoo starts at zero, is drawn at random so
 that the logits are not all zero.
 
-Times are medians. By default (``interleave=True``) each implementation first runs its
-check call(s) and ``warmup`` warm-up calls (at least one) in a block of its own; then the
-implementations are timed in interleaved rounds, each round running cnncore, torch and
-ONNX Runtime in turn: ``rewarm`` (1) untimed call, then one call timed alone with
+Times are medians. By default (``interleave=True``) cnncore and torch each first run their
+check call(s) and ``warmup`` warm-up calls (at least one) in a block of their own; then
+they are timed in interleaved rounds, each round running cnncore and torch in turn:
+``rewarm`` (1) untimed call, then one call timed alone with
 ``time.perf_counter``, back to back (the untimed call absorbs the switch from the other
 runtime: its spinning OpenMP threads, cold caches; see
 :func:`~cnncore.bench.timing.time_interleaved`; ``pause``, 0 by default, sleeps after each
@@ -38,7 +38,9 @@ summed call times exceed ``budget`` seconds per implementation (at least ``min_r
 rounds: ``cut`` in the summary); ``minor_faults_per_call`` counts the page faults around
 each implementation's own calls only. ``interleave=False`` (``--no-interleave``) times each
 implementation in one block of ``warmup`` + ``repeats`` calls, as before
-(:func:`~cnncore.bench.timing.time_budgeted`).
+(:func:`~cnncore.bench.timing.time_budgeted`). ONNX Runtime is always timed in one block of
+its own, after the others: its workers keep spinning after a run and slowed the next
+cnncore call 2x inside the rounds.
 
 Memory: ``peak_mb`` is the peak resident set size during an implementation's block above
 the resident size before it, once the model, its twin, the ONNX Runtime session and the
@@ -397,11 +399,6 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
                 outputs["torch"] = block("torch", fn).numpy().copy()
                 del fn
             row["peak_mb"]["torch"] = mem.mb
-        if run_ort is not None:
-            time.sleep(settle)
-            with PeakRss() as mem:
-                outputs["onnxruntime"] = np.array(block("onnxruntime", lambda: run_ort(x)))
-            row["peak_mb"]["onnxruntime"] = mem.mb
         if interleave:
             time.sleep(settle)
             times, last = time_interleaved(rounds, repeats, budget, min_repeats, pause,
@@ -411,9 +408,18 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
             outputs["cnncore"] = np.array(last.pop("cnncore"))
             if "torch" in last:
                 outputs["torch"] = last.pop("torch").numpy().copy()
-            if "onnxruntime" in last:
-                outputs["onnxruntime"] = np.array(last.pop("onnxruntime"))
             del last
+    if run_ort is not None:
+        # One block of its own, after the others, outside the pool: ONNX Runtime's workers
+        # keep spinning after a run, which slowed the next cnncore call 2x when it took
+        # part in the rounds (ResNet-18 CIFAR batch 1: 20 ms, 10.6 ms in blocks).
+        time.sleep(settle)
+        with PeakRss() as mem:
+            row["times"]["onnxruntime"], out = time_budgeted(lambda: run_ort(x), warmup,
+                                                             repeats, budget, min_repeats)
+            outputs["onnxruntime"] = np.array(out)
+            del out
+        row["peak_mb"]["onnxruntime"] = mem.mb
     if tmodel is not None:
         key = "check_" if case.mode == "train" else ""
         row["rel_error"] = rel_error(outputs[key + "cnncore"], outputs[key + "torch"])

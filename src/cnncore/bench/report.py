@@ -216,8 +216,8 @@ def models_timing_line(s):
     if s.get("models_interleave", False):
         return (f"  models rows: median of interleaved rounds (at most {s['repeats']}, "
                 f"{limit}): after each implementation's own check and warm-up "
-                f"({max(1, s['warmup'])} call(s)), every round runs cnncore, torch and "
-                f"(inference, when used) ONNX Runtime in turn, each "
+                f"({max(1, s['warmup'])} call(s)), every round runs cnncore and torch "
+                f"in turn (ONNX Runtime: one block of its own afterwards), each "
                 f"{s.get('models_rewarm', 0)} untimed call(s) then one timed alone, back to "
                 f"back, {s.get('models_pause', 0):g} s pause after each timed call "
                 "(--no-interleave: one block per implementation)")
