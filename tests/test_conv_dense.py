@@ -1,7 +1,8 @@
-"""The dense small-map path of eval-mode convolutions (planner 'dense'): on maps so small
-that every output reads the whole input (3x3 padding 1 on 2x2, a kernel the size of the
-input, ...), the convolution is one GEMM with its matrix W', kept while the weight does
-not change."""
+"""The dense small-map path of convolutions (planner 'dense'): on maps so small that every
+output reads the whole input (3x3 padding 1 on 2x2, a kernel the size of the input, ...),
+the convolution is one GEMM with its matrix W' (kept by an eval-mode layer while the weight
+does not change; built per call in training from batch 8), its input gradient one GEMM
+with W'^T and its weight gradient dW' = dy^T x folded onto the taps."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from cnncore.functional.conv import _conv_geometry
 from cnncore.layers import Conv2d
 from cnncore.optim import SGD
 
-from _gradcheck import as_float64, assert_close
+from _gradcheck import as_float64, assert_close, check_gradient
 
 DTYPES = [np.float32, np.float64]
 
@@ -50,10 +51,12 @@ def test_planner_dense_rule(case):
     c_in, (c_out, _, kh, kw) = x_shape[1], w_shape
     kept = planner.conv_algorithm(geo, c_in, c_out, kh, kw, n=x_shape[0], kept=True)
     assert (kept == "dense") == dense
-    # never without kept weights, never in the backward pass
-    assert planner.conv_algorithm(geo, c_in, c_out, kh, kw, n=x_shape[0]) != "dense"
-    assert planner.conv_algorithm(geo, c_in, c_out, kh, kw, backward=True,
-                                  n=x_shape[0]) != "dense"
+    # without kept weights (training, the functional API) and in the backward pass: only
+    # from batch _DENSE_MIN_BATCH (the matrix is built on every call)
+    for n in (1, planner._DENSE_MIN_BATCH - 1, planner._DENSE_MIN_BATCH, 64):
+        for backward in (False, True):
+            algo = planner.conv_algorithm(geo, c_in, c_out, kh, kw, backward=backward, n=n)
+            assert (algo == "dense") == (dense and n >= planner._DENSE_MIN_BATCH)
 
 
 def test_planner_dense_budget_counts_itemsize():
@@ -75,9 +78,9 @@ def dense_calls(monkeypatch):
         calls["gemm"] += 1
         return gemm(*a)
 
-    def counted_build(*a):
+    def counted_build(*a, **k):
         calls["build"] += 1
-        return build(*a)
+        return build(*a, **k)
 
     monkeypatch.setattr(conv._dense, "linear_forward_wide", counted_gemm)
     monkeypatch.setattr(conv, "_dense_weight", counted_build)
@@ -187,3 +190,72 @@ def test_linear_forward_wide_checks_its_scratch():
     with pytest.raises(ValueError, match="col_block"):
         dense.linear_forward_wide(x, w, np.empty(0, np.float32), y,
                                   np.empty((5, 2), np.float32), 1, 0)
+
+
+# ----------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DENSE_CASES.values(), ids=list(DENSE_CASES))
+def test_dense_training_path_matches_reference(case, dtype, rng, monkeypatch):
+    x_shape, w_shape, stride, padding, dilation, _, _ = case
+    used = []
+    for name in ("_dense_conv", "_dense_backward"):
+        real = getattr(F.conv, name)
+        monkeypatch.setattr(F.conv, name,
+                            lambda *a, real=real, name=name: used.append(name) or real(*a))
+    n = planner._DENSE_MIN_BATCH + 1
+    x = rng.standard_normal((n, *x_shape[1:])).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    hp = dict(stride=stride, padding=padding, dilation=dilation)
+    y = F.conv2d(x, w, b, **hp, n_threads=2)
+    assert_close(y, R.conv2d(*as_float64(x, w, b), **hp), dtype, "forward")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **hp, n_threads=2)
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), **hp)
+    assert_close(gx, ex, dtype, "grad_x")
+    assert_close(gw, ew, dtype, "grad_weight")
+    assert_close(gb, eb, dtype, "grad_bias")
+    none, gw2, _ = F.conv2d_backward(gy, x, w, **hp, need_grad_x=False, n_threads=2)
+    assert none is None
+    np.testing.assert_array_equal(gw2, gw)
+    assert used == ["_dense_conv", "_dense_backward", "_dense_backward"]
+
+
+def test_dense_training_gradients_by_finite_differences(rng):
+    n = planner._DENSE_MIN_BATCH
+    x = rng.standard_normal((n, 3, 2, 2))
+    w = rng.standard_normal((4, 3, 3, 3))
+    fn = lambda x, w: F.conv2d(x, w, padding=1)  # noqa: E731
+    g = rng.standard_normal((n, 4, 2, 2))
+    gx, gw, _ = F.conv2d_backward(g, x, w, padding=1)
+    check_gradient(fn, (x, w), 0, gx, g, name="grad_x")
+    check_gradient(fn, (x, w), 1, gw, g, name="grad_weight")
+
+
+def test_dense_training_bit_identical_at_any_thread_count(rng):
+    x = rng.standard_normal((8, 256, 2, 2)).astype(np.float32)
+    w = rng.standard_normal((256, 256, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((8, 256, 2, 2)).astype(np.float32)
+    results = [(F.conv2d(x, w, padding=1, n_threads=t),
+                *F.conv2d_backward(gy, x, w, padding=1, n_threads=t)) for t in (1, 2, 3)]
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
+
+
+def test_conv_matrix_layouts_and_tap_checks(rng):
+    from cnncore._kernels import conv_dense
+    geo = _geo((1, 3, 2, 2), (4, 3, 3, 3), 1, 1)
+    w = rng.standard_normal((4, 3, 3, 3))
+    m = F.conv._dense_weight(w, geo)
+    np.testing.assert_array_equal(F.conv._dense_weight(w, geo, transposed=True), m.T)
+    # row (o, a, b) = (1, 0, 1), column (c, i, j) = (2, 1, 0): input (1, 0) under output
+    # (0, 1) with padding 1 is tap (1 - 0 + 1, 0 - 1 + 1) = (2, 0)
+    assert m[(1 * 2 + 0) * 2 + 1, (2 * 2 + 1) * 2 + 0] == w[1, 2, 2, 0]
+    bad = np.full((2, 2), 3, dtype=np.intc)
+    good = np.zeros((2, 2), dtype=np.intc)
+    with pytest.raises(ValueError, match="tap_h"):
+        conv_dense.conv_matrix(w, np.empty_like(m), bad, good, False, 1)
+    with pytest.raises(ValueError, match="out must be"):
+        conv_dense.conv_matrix(w, np.empty((3, 3)), good, good, False, 1)

@@ -4,12 +4,15 @@ Validation and geometry live here; which algorithm runs (Winograd, direct, 1x1 G
 im2col + GEMM) is decided by :mod:`cnncore.functional.planner`.
 """
 
+import functools
+
 import numpy as np
 
 from .._args import conv1d_as_2d, conv_padding, out_size, pair
 from .._config import get_workspace_limit
 from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
 from .._kernels import conv as _conv
+from .._kernels import conv_dense as _conv_dense
 from .._kernels import conv_direct as _conv_direct
 from .._kernels import conv_rows as _conv_rows
 from .._kernels import dense as _dense
@@ -255,38 +258,55 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     return grad_x, grad_weight
 
 
-def _dense_weight(weight, geo):
-    """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)``: ``W'[(o, a, b), (c, i,
-    j)] = w[o, c, ki, kj]`` where input pixel ``(i, j) = (a*sh - ph + ki*dh, b*sw - pw +
-    kj*dw)`` is tap ``(ki, kj)`` of output pixel ``(a, b)``. For the maps
+@functools.lru_cache(maxsize=256)
+def _dense_taps(in_hw, out_hw, kernel, stride, padding, dilation):
+    """``(tap_h, tap_w)`` of the convolution matrix (_kernels/conv_dense.pyx): ``tap_h[a, i]``
+    is the kernel row ``ki`` with ``i = a*sh - ph + ki*dh``, for every output row ``a`` and
+    input row ``i`` (:func:`planner.use_dense` makes sure each input row has one)."""
+    taps = []
+    for n_in, n_out, k, s, p, d in zip(in_hw, out_hw, kernel, stride, padding, dilation):
+        tap = np.full((n_out, n_in), -1, dtype=np.intc)
+        for a in range(n_out):
+            for ki in range(k):
+                i = a * s - p + ki * d
+                if 0 <= i < n_in:
+                    tap[a, i] = ki
+        assert (tap >= 0).all(), "planner.use_dense let a map with a missing tap through"
+        tap.flags.writeable = False
+        taps.append(tap)
+    return tuple(taps)
+
+
+def _dense_weight(weight, geo, transposed=False, out=None, n_threads=1):
+    """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)`` (or its transpose):
+    ``W'[(o, a, b), (c, i, j)] = w[o, c, ki, kj]`` where input pixel ``(i, j) = (a*sh - ph +
+    ki*dh, b*sw - pw + kj*dw)`` is tap ``(ki, kj)`` of output pixel ``(a, b)``. For the maps
     :func:`planner.use_dense` accepts, every output's taps cover the whole input, so no
-    entry of ``W'`` is a structural zero (no ``0 * inf`` where a direct sum skips a pixel)."""
+    entry of ``W'`` is a structural zero (no ``0 * inf`` where a direct sum skips a pixel).
+    Written into ``out`` if given, else a new array."""
     c_out, c_in, kh, kw = weight.shape
     (h, w), (ho, wo) = geo.in_hw, geo.out_hw
-    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
-    dense = np.zeros((c_out, ho, wo, c_in, h, w), dtype=weight.dtype)
-    for a in range(ho):
-        for ki in range(kh):
-            i = a * sh - ph + ki * dh
-            if not 0 <= i < h:
-                continue
-            for b in range(wo):
-                for kj in range(kw):
-                    j = b * sw - pw + kj * dw
-                    if 0 <= j < w:
-                        dense[:, a, b, :, i, j] = weight[:, :, ki, kj]
-    return dense.reshape(c_out * ho * wo, c_in * h * w)
+    shape = (c_in * h * w, c_out * ho * wo) if transposed else (c_out * ho * wo, c_in * h * w)
+    out = np.empty(shape, dtype=weight.dtype) if out is None else out
+    taps = _dense_taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
+    _conv_dense.conv_matrix(weight, out, *taps, transposed, n_threads)
+    return out
 
 
 def _dense_conv(x, weight, bias, geo, n_threads, cache, token):
     """A convolution on a map so small that every output reads the whole input
     (:func:`planner.use_dense`, e.g. 3x3 padding 1 on 2x2): one GEMM ``y = x W'^T`` with
     the matrix of :func:`_dense_weight`, kept in ``cache`` under ``token`` (eval-mode
-    Conv2d) as the Winograd transforms are."""
+    Conv2d) as the Winograd transforms are, else built in scratch memory."""
     n = x.shape[0]
     c_out, (ho, wo) = weight.shape[0], geo.out_hw
-    key = ("dense", geo.in_hw, geo.kernel_args())
-    w_dense = cache.get(key, token, weight, lambda: _dense_weight(weight, geo))
+    if cache is not None:
+        key = ("dense", geo.in_hw, geo.kernel_args())
+        w_dense = cache.get(key, token, weight,
+                            lambda: _dense_weight(weight, geo, n_threads=n_threads))
+    else:
+        w_dense = _dense_weight(weight, geo, out=_scratch_array(
+            "conv_dense_w", (c_out * ho * wo, x[0].size), x.dtype), n_threads=n_threads)
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
     y2 = y.reshape(n, -1)
     b = (np.repeat(bias, ho * wo) if bias is not None else np.empty(0, dtype=x.dtype))
@@ -295,6 +315,33 @@ def _dense_conv(x, weight, bias, geo, n_threads, cache, token):
         _dense.linear_forward_wide(x.reshape(n, -1), w_dense, b, y2, yt, n_threads,
                                    planner._DENSE_COL_BLOCK)
     return y
+
+
+def _dense_backward(grad_out, x, weight, geo, n_threads, need_grad_x):
+    """``(grad_x or None, grad_weight)`` of :func:`_dense_conv`: ``dx = dy @ W'`` (the
+    matrix built again in scratch memory, the forward's GEMM kernel reading it as (in, out)) and
+    ``dw`` folded from ``dW' = dy^T @ x`` (_kernels/conv_dense.pyx)."""
+    n = x.shape[0]
+    c_out, c_in, kh, kw = weight.shape
+    m, k = grad_out[0].size, x[0].size
+    dy2, x2 = grad_out.reshape(n, m), x.reshape(n, k)
+    taps = _dense_taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
+    grad_weight = np.empty_like(weight)
+    work = _scratch_array("conv_dense_dw", (n_threads, _conv_dense.work_size(
+        *geo.out_hw, k)), x.dtype)
+    with _one_blas_thread():
+        _conv_dense.weight_grad(dy2, x2, grad_weight, *taps, work, n_threads)
+    if not need_grad_x:
+        return None, grad_weight
+    w_dense = _dense_weight(weight, geo, n_threads=n_threads,
+                            out=_scratch_array("conv_dense_w", (m, k), x.dtype))
+    grad_x = np.empty_like(x)
+    xt = _scratch_array("conv_dense_yt", (k, n), x.dtype)
+    with _one_blas_thread():
+        _dense.linear_forward_wide(dy2, w_dense, np.empty(0, dtype=x.dtype),
+                                   grad_x.reshape(n, k), xt, n_threads,
+                                   planner._DENSE_COL_BLOCK, True)
+    return grad_x, grad_weight
 
 
 def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_threads,
@@ -381,12 +428,15 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     n, c = x.shape[:2]
     c_out, cg, kh, kw = weight.shape
     k_g = cg * kh * kw
-    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True, n=n)
+    algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, backward=True, n=n,
+                                       itemsize=x.itemsize)
     direct = algorithm == "direct"
     p = geo.out_hw[0] * geo.out_hw[1]
     flops = 4 * n * c_out * p * k_g
     if direct:
         tasks = n * c
+    elif algorithm == "dense":
+        tasks = -(-c_out // _conv_dense.OUT_BLOCK_SIZE)
     elif algorithm == "winograd":
         check_blas_size(where, *geo.whole_blas_sizes)
         tasks = 16 * n  # Winograd: 16 GEMMs a block of samples
@@ -406,6 +456,8 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     if algorithm == "winograd":
         return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x,
                                     cache, token), grad_bias)
+    if algorithm == "dense":
+        return (*_dense_backward(grad_out, x, weight, geo, n_threads, need_grad_x), grad_bias)
     grad_x = np.empty_like(x) if need_grad_x else None
     # Without grad_x the kernels get a 1-element stand-in they never write.
     dx = grad_x if need_grad_x else np.empty((1, 1, 1, 1), dtype=x.dtype)

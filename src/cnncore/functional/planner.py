@@ -114,6 +114,14 @@ _WINOGRAD_MIN_BATCH_TILES_KEPT = 16
 # The column block is 256 outputs: 16 x 2048 x 2048 at 2 threads took 2.54 ms in blocks of
 # 64, 2.38-2.48 in blocks of 256-1024 (and N=1 jumped from 0.12 to 1.8 ms above 256).
 _DENSE_MAX_BYTES = 32 << 20
+# Without kept weights (training, the functional API) the matrix is built on every call
+# (1.8 ms for 512 -> 512 on 2x2 at 2 threads), and the backward pass builds it again for
+# dx = dy @ W' and folds dW' = dy^T x (a 2048 x 2048 GEMM reducing over the batch) onto the
+# taps. Measured side by side (2 threads, median; dense / Winograd or im2col, forward and
+# backward; against PyTorch, forward + backward):
+#   512 -> 512 on 2x2: N=64 0.69 / 0.63 (0.97x torch), N=16 0.61 / 0.60, N=8 1.08 / 1.08
+#   256 -> 256 on 2x2: N=16 0.52 / 0.61, N=8 0.94 / 0.93;  64 -> 64 N=64 0.39 / 0.50
+_DENSE_MIN_BATCH = 16
 _DENSE_COL_BLOCK = 256
 _WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
 
@@ -210,7 +218,8 @@ def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False, n=None, kept=False,
     else:
         min_channels = _WINOGRAD_MIN_CHANNELS
         min_tiles = _WINOGRAD_MIN_BATCH_TILES_KEPT if kept else _WINOGRAD_MIN_BATCH_TILES
-    if kept and not backward and use_dense(geo, c_in, c_out, kh, kw, itemsize):
+    if ((kept and not backward or n is None or n >= _DENSE_MIN_BATCH)
+            and use_dense(geo, c_in, c_out, kh, kw, itemsize)):
         return "dense"
     if use_winograd(geo, c_in, c_out, kh, kw, min_channels, n, min_tiles):
         return "winograd"
