@@ -95,8 +95,8 @@ def weight_grad(const floating[:, ::1] dy,        # IN  (N, C_out*Ho*Wo)
     cdef Py_ssize_t Wo = tap_w.shape[0], W = tap_w.shape[1]
     cdef Py_ssize_t P = Ho * Wo, K = C * H * W, M = O * Ho * Wo
     cdef Py_ssize_t n_blocks = (O + OUT_BLOCK - 1) // OUT_BLOCK
-    cdef Py_ssize_t blk, o0, o1, o, a, b, c, i, j, tid
-    cdef floating* buf
+    cdef Py_ssize_t blk, o0, o1, o, a, b, c, i, j, tid = 0
+    cdef floating* buf = NULL
     cdef floating* d
     cdef const floating* g
     _check_taps(tap_h, tap_w, kh, kw)
