@@ -178,28 +178,18 @@ def test_time_interleaved_budget_counts_every_implementation():
 
 
 def _recording(monkeypatch, log):
-    """Wrap models.cnncore_call / torch_call so that every call is logged, with whether
-    the cnncore memory pool was NumPy's allocator during it."""
+    """Wrap models.cnncore_call / torch_call so that every call is logged ("c" / "t"), with
+    whether the cnncore memory pool was NumPy's allocator during it."""
     from cnncore.memory import pool_active
-    real_c, real_t = models.cnncore_call, models.torch_call
+    for name, tag in (("cnncore_call", "c"), ("torch_call", "t")):
+        def make(*args, real=getattr(models, name), tag=tag):
+            fn = real(*args)
 
-    def cnncore_call(*args):
-        fn = real_c(*args)
-
-        def call():
-            log.append(("c", pool_active()))
-            return fn()
-        return call
-
-    def torch_call(*args):
-        fn = real_t(*args)
-
-        def call():
-            log.append(("t", pool_active()))
-            return fn()
-        return call
-    monkeypatch.setattr(models, "cnncore_call", cnncore_call)
-    monkeypatch.setattr(models, "torch_call", torch_call)
+            def call():
+                log.append((tag, pool_active()))
+                return fn()
+            return call
+        monkeypatch.setattr(models, name, make)
 
 
 @needs_torch

@@ -277,8 +277,8 @@ def _dense_taps(in_hw, out_hw, kernel, stride, padding, dilation):
     return tuple(taps)
 
 
-def _dense_weight(weight, geo, transposed=False, out=None, n_threads=1):
-    """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)`` (or its transpose):
+def _dense_weight(weight, geo, out=None, n_threads=1):
+    """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)``:
     ``W'[(o, a, b), (c, i, j)] = w[o, c, ki, kj]`` where input pixel ``(i, j) = (a*sh - ph +
     ki*dh, b*sw - pw + kj*dw)`` is tap ``(ki, kj)`` of output pixel ``(a, b)``. For the maps
     :func:`planner.use_dense` accepts, every output's taps cover the whole input, so no
@@ -286,10 +286,10 @@ def _dense_weight(weight, geo, transposed=False, out=None, n_threads=1):
     Written into ``out`` if given, else a new array."""
     c_out, c_in, kh, kw = weight.shape
     (h, w), (ho, wo) = geo.in_hw, geo.out_hw
-    shape = (c_in * h * w, c_out * ho * wo) if transposed else (c_out * ho * wo, c_in * h * w)
-    out = np.empty(shape, dtype=weight.dtype) if out is None else out
+    if out is None:
+        out = np.empty((c_out * ho * wo, c_in * h * w), dtype=weight.dtype)
     taps = _dense_taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
-    _conv_dense.conv_matrix(weight, out, *taps, transposed, n_threads)
+    _conv_dense.conv_matrix(weight, out, *taps, n_threads)
     return out
 
 
