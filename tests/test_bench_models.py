@@ -414,3 +414,32 @@ def test_onnx_runtime_is_timed_after_the_rounds(monkeypatch):
                           use_ort=True, **kw)
     assert "".join(c for c, _ in log) == "c" + "t" + "cctt" * 2 + "o" * 3
     assert row["times"]["onnxruntime"]["n"] == 2 and row["check"] == "ok"
+
+
+@needs_torch
+def test_rows_too_big_to_interleave_fall_back_to_blocks(monkeypatch):
+    """A row whose cnncore peak, counted twice, exceeds the share of available memory is
+    timed in blocks, the pool left before torch runs (VGG-16-BN training at batch 32 held
+    both peaks and the OOM killer ended the run)."""
+    torch.set_num_threads(1)
+    log = []
+    _recording(monkeypatch, log)
+    monkeypatch.setattr(models, "INTERLEAVE_MEMORY_SHARE", -1.0)
+    kw = dict(warmup=2, repeats=3, budget=1000, min_repeats=1, settle=0, pause=0, rewarm=0)
+    row = models.run_case(models.Case(models.NETWORKS[0], "infer", 2), torch, 1, **kw)
+    # the interleaved warm-up, then the block's warm-up and timed calls; torch in a block
+    assert "".join(c for c, _ in log) == "c" * 2 + "c" * 5 + "t" * 5
+    assert all(active for c, active in log if c == "c")
+    assert not any(active for c, active in log if c == "t")
+    assert not row["interleaved"] and row["check"] == "ok"
+    assert row["times"]["cnncore"]["n"] == row["times"]["torch"]["n"] == 3
+
+
+def test_float64_check_batch_is_capped(monkeypatch):
+    seen = []
+    real = models.make_batch
+    monkeypatch.setattr(models, "make_batch",
+                        lambda net, batch, *a, **k: seen.append(batch) or real(net, batch, *a, **k))
+    pytest.importorskip("torch")
+    models.float64_grad_error(models.Case(models.NETWORKS[0], "train", 64), torch)
+    assert seen == [models.FLOAT64_CHECK_BATCH]
