@@ -4,7 +4,7 @@ convolution reads the whole input, ``y (N, C_out*Ho*Wo) = x (N, C_in*H*W) @ W'^T
     W'[(o, a, b), (c, i, j)] = w[o, c, tap_h[a, i], tap_w[b, j]]
 
 where ``tap_h[a, i]`` is the kernel row that puts input row ``i`` under output row ``a``
-(``i = a*sh - ph + ki*dh``; every entry exists, see ``functional.conv._dense_taps``).
+(``i = a*sh - ph + ki*dh``; every entry exists, see ``functional.planner.dense_taps``).
 :func:`conv_matrix` builds ``W'`` (the input gradient ``dx = dy @ W'`` reads it as it is,
 dense.linear_forward_wide); :func:`weight_grad` computes ``dW' = dy^T @ x`` in fixed blocks of output channels
 and folds each entry back onto its tap: ``dw[o, c, ki, kj] = sum of dW'`` over the ``(a, b,

@@ -38,24 +38,18 @@ def linear_forward(const floating[:, ::1] x,   # IN  (N, in)
                    const floating[:, ::1] w,   # IN  (out, in)
                    const floating[::1] b,      # IN  (out,) or (0,) for none
                    floating[:, ::1] y,         # OUT (N, out)
-                   int n_threads, Py_ssize_t col_block=BLOCK):
-    """Blocks of BLOCK rows by ``col_block`` output columns (a shape-only choice of the
-    caller: wider blocks suit few rows and many outputs, e.g. conv's dense small-map path)."""
+                   int n_threads):
     cdef Py_ssize_t N = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef Py_ssize_t t, r0, c0
     cdef Py_ssize_t row_blocks = (N + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t col_blocks
+    cdef Py_ssize_t col_blocks = (n_out + BLOCK - 1) // BLOCK
     cdef bint has_bias = b.shape[0] > 0
-    if col_block < 1:
-        raise ValueError(f"linear_forward: col_block must be >= 1, got {col_block}")
-    col_blocks = (n_out + col_block - 1) // col_block
     for t in prange(row_blocks * col_blocks, nogil=True, schedule='static',
                     num_threads=n_threads):
         r0 = (t // col_blocks) * BLOCK
-        c0 = (t % col_blocks) * col_block
+        c0 = (t % col_blocks) * BLOCK
         _forward_block(&x[r0, 0], &w[c0, 0], &b[c0] if has_bias else NULL, has_bias,
-                       &y[r0, c0], min(BLOCK, N - r0), min(col_block, n_out - c0), n_in,
-                       n_out)
+                       &y[r0, c0], min(BLOCK, N - r0), min(BLOCK, n_out - c0), n_in, n_out)
 
 
 cdef void _grad_input_block(const floating* dy, const floating* w, floating* dx,

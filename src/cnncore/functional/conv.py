@@ -4,8 +4,6 @@ Validation and geometry live here; which algorithm runs (Winograd, direct, 1x1 G
 im2col + GEMM) is decided by :mod:`cnncore.functional.planner`.
 """
 
-import functools
-
 import numpy as np
 
 from .._args import conv1d_as_2d, conv_padding, out_size, pair
@@ -258,25 +256,6 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     return grad_x, grad_weight
 
 
-@functools.lru_cache(maxsize=256)
-def _dense_taps(in_hw, out_hw, kernel, stride, padding, dilation):
-    """``(tap_h, tap_w)`` of the convolution matrix (_kernels/conv_dense.pyx): ``tap_h[a, i]``
-    is the kernel row ``ki`` with ``i = a*sh - ph + ki*dh``, for every output row ``a`` and
-    input row ``i`` (:func:`planner.use_dense` makes sure each input row has one)."""
-    taps = []
-    for n_in, n_out, k, s, p, d in zip(in_hw, out_hw, kernel, stride, padding, dilation):
-        tap = np.full((n_out, n_in), -1, dtype=np.intc)
-        for a in range(n_out):
-            for ki in range(k):
-                i = a * s - p + ki * d
-                if 0 <= i < n_in:
-                    tap[a, i] = ki
-        assert (tap >= 0).all(), "planner.use_dense let a map with a missing tap through"
-        tap.flags.writeable = False
-        taps.append(tap)
-    return tuple(taps)
-
-
 def _dense_weight(weight, geo, out=None, n_threads=1):
     """The convolution as one matrix ``W' (C_out*Ho*Wo, C_in*H*W)``:
     ``W'[(o, a, b), (c, i, j)] = w[o, c, ki, kj]`` where input pixel ``(i, j) = (a*sh - ph +
@@ -288,8 +267,7 @@ def _dense_weight(weight, geo, out=None, n_threads=1):
     (h, w), (ho, wo) = geo.in_hw, geo.out_hw
     if out is None:
         out = np.empty((c_out * ho * wo, c_in * h * w), dtype=weight.dtype)
-    taps = _dense_taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
-    _conv_dense.conv_matrix(weight, out, *taps, n_threads)
+    _conv_dense.conv_matrix(weight, out, *planner.dense_taps(geo, kh, kw), n_threads)
     return out
 
 
@@ -325,7 +303,7 @@ def _dense_backward(grad_out, x, weight, geo, n_threads, need_grad_x):
     c_out, c_in, kh, kw = weight.shape
     m, k = grad_out[0].size, x[0].size
     dy2, x2 = grad_out.reshape(n, m), x.reshape(n, k)
-    taps = _dense_taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
+    taps = planner.dense_taps(geo, kh, kw)
     grad_weight = np.empty_like(weight)
     work = _scratch_array("conv_dense_dw", (n_threads, _conv_dense.work_size(
         *geo.out_hw, k)), x.dtype)

@@ -4,9 +4,9 @@
 count, so results do not depend on it), one of:
 
 ``'dense'``
-    with weights kept between calls (eval mode), convolutions on maps so small that every
-    output reads the whole input (3x3 padding 1 on 2x2): one GEMM with the convolution's
-    matrix (:func:`use_dense`);
+    convolutions on maps so small that every output reads the whole input (3x3 padding 1
+    on 2x2): one GEMM with the convolution's matrix (:func:`use_dense`), kept between calls
+    in eval mode, else built per call from batch _DENSE_MIN_BATCH;
 ``'winograd'``
     Winograd F(2x2, 3x3) (``_kernels/winograd.pyx``) for 3x3 stride-1 undilated ungrouped
     convolutions with enough channels and enough 2x2 output tiles in the batch;
@@ -26,6 +26,8 @@ gradient over fixed parts and channel blocks (:func:`dw_split`).
 """
 
 import functools
+
+import numpy as np
 
 # Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
 # of their partial sums. Both depend on shapes only, never on the thread count.
@@ -160,24 +162,43 @@ def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0):
             and (n is None or n * tiles >= min_tiles))
 
 
-def _covers(n_in, n_out, k, stride, pad, dilation):
-    """Whether along one axis every output's ``k`` taps cover all ``n_in`` input pixels."""
-    return all(
-        len({a * stride - pad + i * dilation for i in range(k)} & set(range(n_in))) == n_in
-        for a in range(n_out))
+@functools.lru_cache(maxsize=256)
+def _taps(in_hw, out_hw, kernel, stride, padding, dilation):
+    """``(tap_h, tap_w)``: ``tap_h[a, i]`` is the kernel row ``ki`` with ``i = a*sh - ph +
+    ki*dh`` for output row ``a`` and input row ``i`` (likewise along the width); None when
+    some output row or column misses an input one (the dense path then does not apply)."""
+    taps = []
+    for n_in, n_out, k, s, p, d in zip(in_hw, out_hw, kernel, stride, padding, dilation):
+        tap = np.full((n_out, n_in), -1, dtype=np.intc)
+        for a in range(n_out):
+            for ki in range(k):
+                i = a * s - p + ki * d
+                if 0 <= i < n_in:
+                    tap[a, i] = ki
+        if (tap < 0).any():
+            return None
+        tap.flags.writeable = False
+        taps.append(tap)
+    return tuple(taps)
+
+
+def dense_taps(geo, kh, kw):
+    """The tap tables of the convolution matrix (_kernels/conv_dense.pyx) for ``geo`` and
+    a ``kh x kw`` kernel, or None when some output does not read the whole input."""
+    return _taps(geo.in_hw, geo.out_hw, (kh, kw), geo.stride, geo.padding, geo.dilation)
 
 
 def use_dense(geo, c_in, c_out, kh, kw, itemsize=4):
-    """The dense small-map path (forward with kept weights only): an ungrouped convolution
-    whose every output reads the whole input (3x3 padding 1 on 2x2 or 1x1 maps, a kernel
-    the size of the input, ...), so that it is one GEMM with the matrix ``W' (C_out*Ho*Wo,
-    C_in*H*W)`` (no more multiply-adds than the direct sum), and ``W'`` takes at most
-    _DENSE_MAX_BYTES (see the measurements there)."""
+    """The dense small-map path: an ungrouped convolution whose every output reads the
+    whole input (3x3 padding 1 on 2x2 or 1x1 maps, a kernel the size of the input, ...), so
+    that it is one GEMM with the matrix ``W' (C_out*Ho*Wo, C_in*H*W)`` (no more
+    multiply-adds than the direct sum), and ``W'`` takes at most _DENSE_MAX_BYTES (see the
+    measurements there). :func:`conv_algorithm` takes it with kept weights, or from batch
+    _DENSE_MIN_BATCH."""
     (h, w), (ho, wo) = geo.in_hw, geo.out_hw
     return (geo.groups == 1 and h * w <= kh * kw
             and c_out * ho * wo * c_in * h * w * itemsize <= _DENSE_MAX_BYTES
-            and _covers(h, ho, kh, geo.stride[0], geo.padding[0], geo.dilation[0])
-            and _covers(w, wo, kw, geo.stride[1], geo.padding[1], geo.dilation[1]))
+            and dense_taps(geo, kh, kw) is not None)
 
 
 def winograd_block(n, out_hw, min_tiles):
