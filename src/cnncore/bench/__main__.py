@@ -65,11 +65,11 @@ def build_parser():
                    help="with --ops models: also measure each case's peak memory in a fresh "
                         "process per implementation (slower; the table then shows it)")
     p.add_argument("--no-interleave", action="store_true",
-                   help="with --ops models: time each implementation in one block of warm-up "
-                        "+ repeats calls instead of interleaved rounds (default: after each "
-                        "implementation's warm-up, rounds of one call of cnncore, torch and "
-                        "ONNX Runtime each, 0.02 s apart, so that all see the same machine "
-                        "speed)")
+                   help="with --ops models: time cnncore and torch each in one block of "
+                        "warm-up + repeats calls instead of interleaved rounds (default: "
+                        "after each one's warm-up, rounds in which each runs one untimed and "
+                        "one timed call in turn, so that both see the same machine speed; "
+                        "ONNX Runtime is timed in a block of its own either way)")
     p.add_argument("--shapes", default="",
                    help="comma-separated shape names to keep (default: all)")
     p.add_argument("--repeats", type=int, default=None,

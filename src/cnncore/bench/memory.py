@@ -50,10 +50,11 @@ _KB = 1024.0
 _KEEP = []  # objects that must live as long as the process
 
 
-def _status_kb(field):
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None."""
+def _status_kb(field, path="/proc/self/status"):
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``; or of ``path``, e.g.
+    ``MemAvailable`` of ``/proc/meminfo``), or None."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])

@@ -50,8 +50,9 @@ this process. Peak-memory blocks cannot be interleaved, so with interleaving it 
 check and warm-up calls (where the memory pool reaches its peak), not the timed rounds;
 with ``--no-interleave`` all the calls. The cnncore memory pool stays entered from
 cnncore's block to the end of the rounds (leaving it would drop its cached blocks), so the
-torch and ONNX Runtime calls run while it is NumPy's allocator: neither allocates its
-tensors through NumPy (only ONNX Runtime's output array). :func:`measure_here`
+torch calls run while it is NumPy's allocator: torch does not allocate its tensors through
+NumPy. A row too big to hold both peaks at once is timed in blocks
+(INTERLEAVE_MEMORY_SHARE). :func:`measure_here`
 (``--models-memory``) measures the peak in a fresh process per case and implementation
 instead.
 """
@@ -324,18 +325,6 @@ def malloc_trim():
         return False
 
 
-def _available_mb():
-    """MemAvailable of /proc/meminfo in MB, None where there is none."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 class PeakRss:
     """Peak resident memory of a block above the resident size at its start (Linux: VmHWM
     reset through ``/proc/self/clear_refs``); ``mb`` is None where it cannot be reset."""
@@ -353,8 +342,7 @@ class PeakRss:
         return self
 
     def __exit__(self, *exc):
-        peak = _mem._status_kb("VmHWM") if self.ok else None
-        self.mb = None if peak is None else max(0.0, peak - self.base) / 1024.0
+        self.mb = self.peak_mb_now()
         return False
 
 
@@ -384,7 +372,7 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
     before = monitor.snapshot() if monitor else None
     outputs, grads, rounds = {}, None, {}
 
-    available_mb = _available_mb()
+    available_kb = _mem._status_kb("MemAvailable", "/proc/meminfo")
 
     def block(impl, fn):
         """The calls of ``impl`` in its peak-memory block after its check: its warm-up
@@ -408,9 +396,10 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
                     outputs["check_cnncore"] = np.array(fn())
                 grads = {name: p.grad.copy() for name, p in model.named_parameters()}
             outputs["cnncore"] = np.array(block("cnncore", fn))
-            if (row["interleaved"] and tmodel is not None and mem.peak_mb_now() is not None
-                    and available_mb is not None
-                    and 2 * mem.peak_mb_now() > INTERLEAVE_MEMORY_SHARE * available_mb):
+            peak_mb = mem.peak_mb_now()
+            if (row["interleaved"] and tmodel is not None and peak_mb is not None
+                    and available_kb is not None
+                    and 2 * peak_mb > INTERLEAVE_MEMORY_SHARE * available_kb / 1024.0):
                 row["interleaved"] = False  # too big to hold both: blocks, as --no-interleave
                 rounds.clear()
                 outputs["cnncore"] = np.array(block("cnncore", fn))

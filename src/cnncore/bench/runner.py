@@ -57,8 +57,8 @@ class Settings:
     use_ort: bool = True
     models_budget: float = 60.0
     models_min_repeats: int = 3
-    #: models rows: interleaved rounds (cnncore, torch, ORT in turn: ``models_rewarm``
-    #: untimed calls, one timed call, ``models_pause`` seconds after it); False
+    #: models rows: interleaved rounds (cnncore then torch: ``models_rewarm`` untimed
+    #: calls, one timed call, ``models_pause`` seconds after it); False
     #: (``--no-interleave``): one block each
     models_interleave: bool = True
     models_pause: float = 0.0
