@@ -191,6 +191,17 @@ def _winograd_u_dx(weight, n_threads, cache, token):
     return make() if cache is None else cache.get("u_dx", token, weight, make)
 
 
+def _winograd_up(weight, u, n_threads, cache, token):
+    """The packed copy of ``u`` (_winograd.pack_weights) for the packed-weight GEMM: kept
+    by ``cache`` if given, else in scratch."""
+    def make(new=np.empty if cache is not None else None):
+        shape = (16, _winograd.packed_rows(u.shape[1]) * u.shape[2])
+        up = new(shape, u.dtype) if new else _scratch_array("winograd_up", shape, u.dtype)
+        _winograd.pack_weights(u, up, n_threads)
+        return up
+    return make() if cache is None else cache.get("up", token, weight, make)
+
+
 def _winograd_scratch(tasks, c, c_out, out_hw, nb, n_threads, dtype):
     """Per-thread scratch and the shared block buffers: empty unless there are fewer
     ``tasks`` (blocks or chunks) than threads; then the work of each is split over the
@@ -213,11 +224,14 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, toke
     if u is None:
         u = _winograd_u(weight, n_threads, cache, token)
     nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES)
+    up = None
+    if planner.winograd_packed(n, nb, out_hw, kept=cache is not None):
+        up = _winograd_up(weight, u, n_threads, cache, token)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     work, shared = _winograd_scratch(-(-n // nb), c, c_out, out_hw, nb, n_threads, x.dtype)
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
     with _one_blas_thread():
-        _winograd.forward(x, u, b, y, work, shared, *padding, nb, n_threads)
+        _winograd.forward(x, u, b, y, work, shared, *padding, nb, n_threads, Up=up)
     return y
 
 

@@ -29,6 +29,8 @@ import functools
 
 import numpy as np
 
+from .._kernels import winograd as _winograd
+
 # Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
 # of their partial sums. Both depend on shapes only, never on the thread count.
 _MAX_DW_CHUNKS = 16
@@ -126,6 +128,13 @@ _DENSE_MAX_BYTES = 32 << 20
 _DENSE_MIN_BATCH = 16
 _DENSE_COL_BLOCK = 256
 _WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
+# Winograd's transformed weights are packed for the packed-weight GEMM when they are kept
+# (eval mode), or per call (training, cnncore.functional) from this many 2x2 tiles in the
+# batch: the packing copies the 16 x C_out x C_in weights once, the products use them once
+# per tile. Forward, 2 threads, packed per call / BLAS: 512 -> 512 on 4x4 at batch 16
+# (64 tiles) 1.03; 256 -> 256 on 8x8 at batch 16 (256 tiles) 0.94; 64 -> 64 on 32x32 at
+# batch 1 (256 tiles) 0.85; kept: 0.77, 0.86, 0.87.
+_WINOGRAD_PACK_MIN_TILES = 128
 
 
 def transposed_dw_cols(k_g, p, pointwise):
@@ -206,6 +215,17 @@ def winograd_block(n, out_hw, min_tiles):
     only, so results do not depend on the thread count."""
     tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
     return min(n, -(-min_tiles // tiles))
+
+
+def winograd_packed(n, nb, out_hw, kept):
+    """Whether Winograd's products (batch ``n`` in blocks of ``nb`` samples) run on the
+    packed-weight GEMM (cnncore_gemm.h; see _winograd.PACKED): on machines where it beats
+    BLAS, for products of at least _winograd.PACKED_MIN_COLS tiles, with the packed weights
+    kept between calls (``kept``) or enough tiles to pay for packing them per call
+    (_WINOGRAD_PACK_MIN_TILES). Shapes only: never the thread count."""
+    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    return (_winograd.PACKED and nb * tiles >= _winograd.PACKED_MIN_COLS
+            and (kept or n * tiles >= _WINOGRAD_PACK_MIN_TILES))
 
 
 def is_pointwise(geo, kh, kw):
