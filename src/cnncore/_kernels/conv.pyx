@@ -37,11 +37,13 @@ directly by _im2col_t (BLAS is faster untransposed there for small products; see
 planner.transposed_dw_cols). The rows these copies move are short, so the C helpers
 (cnn_gather_rows, cnn_scatter_add_rows) take a whole block of rows per call.
 """
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 
-from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
+from cnncore._kernels._blas cimport (_gemm, NoTrans, Trans, _pgemm, _PACKED_MIN_COLS,
+                                      CNN_PGEMM_OB)
+from cnncore._kernels._blas import packed_rows
 from cnncore._kernels._geometry cimport _valid_range
 from cnncore._kernels._simd cimport _gather_rows, _zero_rows, _scatter_add_rows, _sum_lanes, CNN_LANES
 
@@ -109,22 +111,25 @@ cdef inline Py_ssize_t _tap_rows(const Geometry* g, Py_ssize_t i, Py_ssize_t r0,
 
 cdef void _im2col(const Geometry* g, const floating* x,                         # IN
                   Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
-                  floating* col) noexcept nogil:                               # OUT
+                  floating* col, Py_ssize_t ld=0) noexcept nogil:              # OUT
     """Rows of channels [c0, c1) of x (one group's channels) and columns of output rows
-    [r0, r1): ``(c1 - c0)*kh*kw x (r1 - r0)*Wo``. One block per (c, i, j): the rectangle
+    [r0, r1): ``(c1 - c0)*kh*kw x (r1 - r0)*Wo``, rows ``ld`` apart (0: ``(r1 - r0)*Wo``,
+    contiguous). One block per (c, i, j): the rectangle
     of outputs that read inside the image, rows [oh_lo, oh_hi) x columns [lo, hi), is
     copied row by row; the rows above and below it and the margins left and right of it
     (padding) are zeroed."""
     cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
     cdef Py_ssize_t Wo = g.Wo, L = (r1 - r0) * g.Wo
     cdef floating* dst
+    if ld == 0:
+        ld = L
     for c in range(c0, c1):
         for i in range(g.kh):
             off_h = _tap_rows(g, i, r0, r1, &oh_lo, &oh_hi)
             for j in range(g.kw):
                 off_w = j * g.dw - g.pw
                 _valid_range(off_w, g.sw, g.W, Wo, &lo, &hi)
-                dst = col + (((c - c0) * g.kh + i) * g.kw + j) * L
+                dst = col + (((c - c0) * g.kh + i) * g.kw + j) * ld
                 if oh_hi <= oh_lo or hi <= lo:
                     memset(dst, 0, L * sizeof(floating))
                     continue
@@ -221,12 +226,14 @@ cdef inline Py_ssize_t _dx_phases(const Geometry* g) noexcept nogil:
 
 
 cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,  # IN
+                        const floating* wp,                                       # IN
                         const floating* bias, bint has_bias,                      # IN
                         Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
                         floating* y, Py_ssize_t ldy, floating* col) noexcept nogil:  # OUT
     """The part of output rows [r0, r1) of one sample that input channels [c0, c1) of
     every group give: ``y_g (og x L, rows ldy apart) = w_g[:, k0:k1] (og x kb) @ col
-    (kb x L)``, plus the bias if ``has_bias``."""
+    (kb x L)``, plus the bias if ``has_bias``. With ``wp`` (the packed w of an ungrouped
+    convolution, or NULL) and at least _PACKED_MIN_COLS columns, by the packed GEMM."""
     cdef Py_ssize_t grp, o, p
     cdef Py_ssize_t L = (r1 - r0) * g.Wo, k0 = c0 * g.kh * g.kw
     cdef Py_ssize_t kb = (c1 - c0) * g.kh * g.kw
@@ -243,6 +250,10 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
             _im2col(g, x + grp * g.Cg * g.H * g.W, c0, c1, r0, r1, col)
             colp = col
             ldb = <int> L
+        if wp != NULL and L >= _PACKED_MIN_COLS:
+            _pgemm(g.og, L, kb, wp + k0 * CNN_PGEMM_OB, g.Kg, colp, ldb, bias if has_bias else NULL,
+                   yp, ldy)
+            continue
         if has_bias:  # start from the bias and let GEMM add to it (beta = 1)
             for o in range(g.og):
                 for p in range(L):
@@ -271,9 +282,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                    floating[:, ::1] work,              # scratch (n_threads, >= Kg*rows*Wo)
                    floating[:, :, :, ::1] parts,       # scratch (k_parts - 1, N, C_out, P)
                    int sh, int sw, int ph, int pw, int dh, int dw, int groups,
-                   Py_ssize_t rows, int n_threads):
+                   Py_ssize_t rows, int n_threads,
+                   const floating[::1] wp=None):       # IN  _blas.pack(w) or None
     """Forward convolution into ``y``; the (sample, tile of ``rows`` output rows, block of
-    input channels) tasks are split over ``n_threads`` threads.
+    input channels) tasks are split over ``n_threads`` threads. With ``wp``, the packed
+    copy of ``w`` (ungrouped convolutions only), tiles of at least _blas.PACKED_MIN_COLS
+    output pixels use the packed GEMM.
 
     With ``k_parts = parts.shape[0] + 1 > 1`` blocks of input channels (a small batch of
     small images), block 0 writes ``y`` and block ``b`` its part ``parts[b - 1]``; the parts
@@ -287,6 +301,13 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t task, n, b, r0 = 0, r1 = 0, tid = 0
     cdef floating* col = NULL
+    cdef const floating* wpp = NULL
+    if wp is not None:
+        if groups != 1 or wp.shape[0] != packed_rows(g.C_out) * g.Kg:
+            raise ValueError(f"conv2d_forward: wp must be the packed weights of an "
+                             f"ungrouped convolution ({packed_rows(g.C_out) * g.Kg} "
+                             f"elements), got {wp.shape[0]} elements, groups={groups}")
+        wpp = &wp[0]
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         col = &work[tid, 0]
@@ -296,10 +317,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
             r0 = _tile_start(&g, (task // KP) % g.T)
             r1 = _tile_stop(&g, (task // KP) % g.T)
             if b == 0:
-                _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0], has_bias,
+                _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], wpp, &bias[0], has_bias,
                               0, g.Cg // KP, r0, r1, &y[n, 0, r0, 0], g.P, col)
             else:
-                _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0], False,
+                _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], wpp, &bias[0], False,
                               b * g.Cg // KP, (b + 1) * g.Cg // KP, r0, r1,
                               &parts[b - 1, n, 0, r0 * g.Wo], g.P, col)
     if KP > 1:
@@ -307,6 +328,49 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                            num_threads=n_threads):
             _add_parts(&parts[0, task // g.C_out, task % g.C_out, 0], KP - 1,
                        g.N * g.C_out * g.P, g.P, &y[task // g.C_out, task % g.C_out, 0, 0])
+
+
+def conv2d_forward_grouped(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                           const floating[::1] wp,           # IN  _blas.pack(w): (C_out, K)
+                           const floating[::1] bias,         # IN  (C_out,) or (0,) for none
+                           floating[:, :, :, ::1] y,         # OUT (N, C_out, Ho, Wo)
+                           floating[:, ::1] work,            # scratch (n_threads, >= (K + C_out)*sg*P)
+                           int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                           Py_ssize_t sg, int n_threads):
+    """Forward convolution of an ungrouped convolution on small output maps (P = Ho*Wo
+    pixels, fewer than a good GEMM wants) by the packed GEMM over groups of ``sg`` samples:
+    per task, the column matrices of its samples side by side (``K x sg*P``), one product
+    ``W @ col (+ bias)`` into scratch, then each sample's ``C_out x P`` block copied to y.
+    The groups depend on ``sg`` only (the caller's choice from shapes), so results do not
+    depend on the thread count."""
+    cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
+                                x.shape[1], kh, kw, y.shape[2], y.shape[3], sh, sw, ph, pw,
+                                dh, dw, 1, y.shape[2])
+    cdef Py_ssize_t n_groups = (g.N + sg - 1) // sg, L = sg * g.P
+    if sg < 1 or wp.shape[0] != packed_rows(g.C_out) * g.Kg:
+        raise ValueError(f"conv2d_forward_grouped: sg={sg}, wp of {wp.shape[0]} elements "
+                         f"(expected {packed_rows(g.C_out) * g.Kg})")
+    if work.shape[1] < (g.Kg + g.C_out) * L:
+        raise ValueError(f"conv2d_forward_grouped: work rows of {work.shape[1]} elements, "
+                         f"need {(g.Kg + g.C_out) * L}")
+    cdef Py_ssize_t task, s, o, n0, ns, tid
+    cdef floating* col
+    cdef floating* out
+    cdef const floating* b = &bias[0] if bias.shape[0] else NULL
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        col = &work[tid, 0]
+        out = col + g.Kg * L
+        for task in prange(n_groups, schedule='static'):
+            n0 = task * sg
+            ns = g.N - n0 if g.N - n0 < sg else sg
+            for s in range(ns):
+                _im2col(&g, &x[n0 + s, 0, 0, 0], 0, g.C, 0, g.Ho, col + s * g.P, ns * g.P)
+            _pgemm(g.C_out, ns * g.P, g.Kg, &wp[0], g.Kg, col, ns * g.P, b, out, ns * g.P)
+            for s in range(ns):
+                for o in range(g.C_out):
+                    memcpy(&y[n0 + s, o, 0, 0], out + o * ns * g.P + s * g.P,
+                           g.P * sizeof(floating))
 
 
 cdef void _input_grad_tile(const Geometry* g, const floating* dy, const floating* w,  # IN

@@ -31,7 +31,9 @@ from libc.string cimport memcpy, memset
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 
-from cnncore._kernels._blas cimport _gemm, NoTrans, Trans
+from cnncore._kernels._blas cimport (_gemm, NoTrans, Trans, _pgemm, _pgemm_pack,
+                                      _PACKED_MIN_COLS)
+from cnncore._kernels._blas import packed_rows, PACKED_ROWS
 
 cdef extern from "cnncore_winograd.h" nogil:
     void cnn_wino_split_row_f(float* dst, Py_ssize_t h, const float* src, Py_ssize_t n,
@@ -51,34 +53,9 @@ cdef extern from "cnncore_winograd.h" nogil:
     void cnn_wino_grad_row_d(const double* r0, const double* r1, Py_ssize_t tw, double* D,
                              Py_ssize_t ps)
 
-cdef extern from "cnncore_gemm.h" nogil:
-    int cnn_cr_isa()
-    Py_ssize_t cnn_pgemm_rows(Py_ssize_t M)
-    void cnn_pgemm_f(int isa, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* wp,
-                     const float* B, Py_ssize_t ldb, const float* bias, float* C,
-                     Py_ssize_t ldc)
-    void cnn_pgemm_d(int isa, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* wp,
-                     const double* B, Py_ssize_t ldb, const double* bias, double* C,
-                     Py_ssize_t ldc)
-    void cnn_pgemm_pack_f(float* wp, const float* w, Py_ssize_t M, Py_ssize_t K,
-                          Py_ssize_t ldw, Py_ssize_t sk, Py_ssize_t o0, Py_ssize_t o1)
-    void cnn_pgemm_pack_d(double* wp, const double* w, Py_ssize_t M, Py_ssize_t K,
-                          Py_ssize_t ldw, Py_ssize_t sk, Py_ssize_t o0, Py_ssize_t o1)
-    enum:
-        CNN_PGEMM_PAD
-        CNN_PGEMM_ROWS
-
-# The products U[xi] @ V[xi] run on cnncore_gemm.h's packed-weight GEMM where it beats BLAS:
-# AVX-512 machines (on AVX2 and older it ran at 0.55-0.8x OpenBLAS's speed) and products of
-# at least PACKED_MIN_COLS columns (16 columns: 0.7-0.85x; 64 and up: 1.1-1.3x, 256 x 1152,
-# 512 x 512 and 128 x 128 weights, one core).
-cdef int _ISA = cnn_cr_isa()
-cdef enum:
-    _PACKED_MIN_COLS = 64
-PACKED = _ISA >= 2
-PACKED_MIN_COLS = _PACKED_MIN_COLS
-PGEMM_PAD = CNN_PGEMM_PAD
-ISA = _ISA
+# The products U[xi] @ V[xi] run on the packed-weight GEMM (_blas._pgemm) where it beats
+# BLAS (_blas.PACKED, products of at least _PACKED_MIN_COLS columns) when the caller gives
+# the packed weights (pack_weights).
 
 # Filters per block in the weight transforms: the 16 planes of U are C_out * C_in apart,
 # so writing them filter by filter hits the same cache sets 16 times (512 -> 512 channels:
@@ -158,52 +135,20 @@ def transform_for_input_grad(const floating[:, :, ::1] U,   # IN  (16, C_out, C_
         _transpose_rows(&U[4 * i + j, 0, 0], O, C, (task % n_cb) * _TB, &Ut[xi, 0, 0])
 
 
-def pgemm(int isa, const floating[:, ::1] wp,   # IN  (packed_rows(M) // 6, 6 * K) packed
-          const floating[:, ::1] B,              # IN  (K, >= N + PGEMM_PAD)
-          const floating[::1] bias,              # IN  (M,) or (0,) for none
-          floating[:, ::1] C,                    # OUT (M, >= N)
-          Py_ssize_t N):
-    """``C[:, :N] = W @ B[:, :N] (+ bias)`` by the packed-weight GEMM of ISA level ``isa``
-    (0: baseline, 1: AVX2, 2: AVX-512; at most ``cnn_cr_isa()``), for the tests: the
-    convolutions call it at the machine's level only."""
-    cdef Py_ssize_t M = C.shape[0], K = B.shape[0]
-    if not 0 <= isa <= _ISA:
-        raise ValueError(f"pgemm: isa must be in [0, {_ISA}], got {isa}")
-    if (wp.shape[0] * wp.shape[1] != cnn_pgemm_rows(M) * K or N > C.shape[1]
-            or N + CNN_PGEMM_PAD > B.shape[1] or bias.shape[0] not in (0, M) or K == 0
-            or M == 0 or N <= 0):
-        raise ValueError("pgemm: inconsistent shapes")
-    with nogil:
-        if floating is float:
-            cnn_pgemm_f(isa, M, N, K, &wp[0, 0], &B[0, 0], B.shape[1],
-                        &bias[0] if bias.shape[0] else NULL, &C[0, 0], C.shape[1])
-        else:
-            cnn_pgemm_d(isa, M, N, K, &wp[0, 0], &B[0, 0], B.shape[1],
-                        &bias[0] if bias.shape[0] else NULL, &C[0, 0], C.shape[1])
-
-
-def packed_rows(Py_ssize_t O):
-    """Rows of each packed plane of :func:`pack_weights` (C_out rounded up)."""
-    return cnn_pgemm_rows(O)
-
-
 def pack_weights(const floating[:, :, ::1] U,   # IN  (16, C_out, C_in)
                  floating[:, ::1] Up,            # OUT (16, packed_rows(C_out) * C_in)
                  int n_threads):
     """The 16 planes of U packed for cnncore_gemm.h (blocks of rows, k-major), for the
     products of :func:`forward` given ``Up``."""
-    cdef Py_ssize_t O = U.shape[1], C = U.shape[2], R = cnn_pgemm_rows(O)
-    cdef Py_ssize_t n_rb = R // CNN_PGEMM_ROWS, task, xi, r0
+    cdef Py_ssize_t O = U.shape[1], C = U.shape[2], R = packed_rows(O)
+    cdef Py_ssize_t rows = PACKED_ROWS, n_rb = R // rows, task, xi, r0
     if Up.shape[0] != 16 or Up.shape[1] != R * C:
         raise ValueError(f"pack_weights: Up must be (16, {R * C}), got "
                          f"({Up.shape[0]}, {Up.shape[1]})")
     for task in prange(16 * n_rb, nogil=True, schedule='static', num_threads=n_threads):
         xi = task // n_rb
-        r0 = (task % n_rb) * CNN_PGEMM_ROWS
-        if floating is float:
-            cnn_pgemm_pack_f(&Up[xi, 0], &U[xi, 0, 0], O, C, C, 1, r0, r0 + CNN_PGEMM_ROWS)
-        else:
-            cnn_pgemm_pack_d(&Up[xi, 0], &U[xi, 0, 0], O, C, C, 1, r0, r0 + CNN_PGEMM_ROWS)
+        r0 = (task % n_rb) * rows
+        _pgemm_pack(&Up[xi, 0], &U[xi, 0, 0], O, C, C, r0, r0 + rows)
 
 
 cdef void _transpose_rows(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t c0,
@@ -299,14 +244,10 @@ cdef void _output_transform(const Tiles* g, const floating* M, Py_ssize_t o, Py_
 cdef inline void _products(const Tiles* g, Py_ssize_t xi, int n_cols, const floating* U,
                            const floating* V, floating* M) noexcept nogil:
     """M[xi] (O x n_cols) = U[xi] (O x C) @ V[xi] (C x n_cols): with the packed copy of U
-    (g.Up, see PACKED) for at least PACKED_MIN_COLS columns, else by BLAS."""
+    (g.Up) for at least _PACKED_MIN_COLS columns, else by BLAS."""
     if g.Up != NULL and n_cols >= _PACKED_MIN_COLS:
-        if floating is float:
-            cnn_pgemm_f(_ISA, g.O, n_cols, g.C, <const float*> g.Up + xi * g.up_plane,
-                        V + xi * g.C * g.T, g.T, NULL, M + xi * g.O * g.T, g.T)
-        else:
-            cnn_pgemm_d(_ISA, g.O, n_cols, g.C, <const double*> g.Up + xi * g.up_plane,
-                        V + xi * g.C * g.T, g.T, NULL, M + xi * g.O * g.T, g.T)
+        _pgemm(g.O, n_cols, g.C, <const floating*> g.Up + xi * g.up_plane, g.C,
+               V + xi * g.C * g.T, g.T, NULL, M + xi * g.O * g.T, g.T)
         return
     _gemm(NoTrans, NoTrans, <int> g.O, n_cols, <int> g.C, <floating> 1,
           U + xi * g.O * g.C, <int> g.C, V + xi * g.C * g.T, <int> g.T, <floating> 0,
@@ -340,9 +281,8 @@ def plane_size(Py_ssize_t Ho, Py_ssize_t Wo):
 
 
 def block_size(Py_ssize_t C, Py_ssize_t O, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t nb):
-    """Elements of the transformed tiles and products of one block of ``nb`` samples (and
-    the packed GEMM's reads past the last tile, CNN_PGEMM_PAD)."""
-    return 16 * (C + O) * nb * ((Ho + 1) // 2) * ((Wo + 1) // 2) + CNN_PGEMM_PAD
+    """Elements of the transformed tiles and products of one block of ``nb`` samples."""
+    return 16 * (C + O) * nb * ((Ho + 1) // 2) * ((Wo + 1) // 2)
 
 
 def work_size(Py_ssize_t C, Py_ssize_t O, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t nb,
@@ -364,13 +304,13 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C_in, H, W)
     """3x3 stride-1 convolution of x with the transformed weights U. Blocks of ``nb``
     samples are split over ``n_threads`` threads, or, when ``shared`` is not empty, done
     one after the other with each block's work split over the threads. With ``Up``, the
-    packed copy of U, the products of at least PACKED_MIN_COLS columns use it (see PACKED);
-    the others, and every product without it, use BLAS."""
+    packed copy of U, the products of at least _blas.PACKED_MIN_COLS columns use it; the
+    others, and every product without it, use BLAS."""
     cdef Tiles g = _tiles(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                           y.shape[3], ph, pw, nb)
     if Up is not None:
-        if Up.shape[0] != 16 or Up.shape[1] != cnn_pgemm_rows(g.O) * g.C:
-            raise ValueError(f"forward: Up must be (16, {cnn_pgemm_rows(g.O) * g.C}), got "
+        if Up.shape[0] != 16 or Up.shape[1] != packed_rows(g.O) * g.C:
+            raise ValueError(f"forward: Up must be (16, {packed_rows(g.O) * g.C}), got "
                              f"({Up.shape[0]}, {Up.shape[1]})")
         g.Up = &Up[0, 0]
         g.up_plane = Up.shape[1]

@@ -9,6 +9,7 @@ import numpy as np
 from .._args import conv1d_as_2d, conv_padding, out_size, pair
 from .._config import get_workspace_limit
 from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
+from .._kernels import _blas
 from .._kernels import conv as _conv
 from .._kernels import conv_dense as _conv_dense
 from .._kernels import conv_direct as _conv_direct
@@ -195,7 +196,7 @@ def _winograd_up(weight, u, n_threads, cache, token):
     """The packed copy of ``u`` (_winograd.pack_weights) for the packed-weight GEMM: kept
     by ``cache`` if given, else in scratch."""
     def make(new=np.empty if cache is not None else None):
-        shape = (16, _winograd.packed_rows(u.shape[1]) * u.shape[2])
+        shape = (16, _blas.packed_rows(u.shape[1]) * u.shape[2])
         up = new(shape, u.dtype) if new else _scratch_array("winograd_up", shape, u.dtype)
         _winograd.pack_weights(u, up, n_threads)
         return up
@@ -225,7 +226,8 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, toke
         u = _winograd_u(weight, n_threads, cache, token)
     nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES)
     up = None
-    if planner.winograd_packed(n, nb, out_hw, kept=cache is not None):
+    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    if planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None):
         up = _winograd_up(weight, u, n_threads, cache, token)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     work, shared = _winograd_scratch(-(-n // nb), c, c_out, out_hw, nb, n_threads, x.dtype)
@@ -345,6 +347,7 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     algorithm = planner.conv_algorithm(geo, c, c_out, kh, kw, n=n, kept=cache is not None,
                                        itemsize=x.itemsize)
     flops = 2 * n * c_out * geo.out_hw[0] * geo.out_hw[1] * cg * kh * kw
+    group = 0  # samples per task of the grouped im2col pass (planner.sample_group)
     if algorithm == "direct":
         tasks = n * c_out
     elif algorithm == "rows":
@@ -358,6 +361,10 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
         rows, n_tiles, k_parts, _ = _tile_plan(where, n, c_out, cg, kh, kw, geo.out_hw,
                                                x.itemsize)
         tasks = n * n_tiles * k_parts
+        group = planner.sample_group(n, geo, c_out, cg * kh * kw, x.itemsize,
+                                     kept=cache is not None)
+        if group:
+            tasks = -(-n // group)
     n_threads = _threads(n_threads, where, tasks, flops)
     if n and algorithm == "winograd":
         return _winograd_conv(x, weight, bias, geo.out_hw, geo.padding, n_threads, cache, token)
@@ -373,15 +380,38 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     if algorithm == "rows":
         _conv_rows_forward(x, weight, b, y, geo, n_threads)
         return y
+    if group:
+        cols = group * geo.out_hw[0] * geo.out_hw[1]
+        work = _work(n_threads, (cg * kh * kw + c_out) * cols, x.dtype)
+        _conv.conv2d_forward_grouped(x, _packed_weights(weight, n_threads, cache, token), b, y,
+                                     work, kh, kw, *geo.kernel_args()[:-1], group, n_threads)
+        return y
     work = _work(n_threads, 0 if algorithm == "pointwise" else cg * kh * kw * rows * geo.out_hw[1],
                  x.dtype)
     # blocks of input channels 1, 2, ... write partial outputs, added to y in order
     parts = _scratch_array("conv_parts", (k_parts - 1, n, c_out, geo.out_hw[0] * geo.out_hw[1]),
                            x.dtype)
+    wp = None
+    if geo.groups == 1 and planner.packed_gemm(n, rows * geo.out_hw[1],
+                                               geo.out_hw[0] * geo.out_hw[1],
+                                               kept=cache is not None):
+        wp = _packed_weights(weight, n_threads, cache, token)
     with _one_blas_thread():
         _conv.conv2d_forward(x, weight, b, y, work, parts, *geo.kernel_args(), rows,
-                             n_threads)
+                             n_threads, wp)
     return y
+
+
+def _packed_weights(weight, n_threads, cache, token):
+    """The packed copy of ``weight`` as a (C_out, C_in*kh*kw) matrix (_blas.pack) for the
+    packed-weight GEMM: kept by ``cache`` if given, else in scratch."""
+    def make(new=np.empty if cache is not None else None):
+        size = (_blas.packed_rows(weight.shape[0]) * weight[0].size,)
+        wp = new(size, weight.dtype) if new else _scratch_array("conv_packed", size,
+                                                                weight.dtype)
+        _blas.pack(weight.reshape(weight.shape[0], -1), wp, n_threads)
+        return wp
+    return make() if cache is None else cache.get("packed", token, weight, make)
 
 
 def _conv_rows_forward(x, weight, b, y, geo, n_threads):

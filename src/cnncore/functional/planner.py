@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from .._kernels import winograd as _winograd
+from .._kernels import _blas
 
 # Upper bound on the number of batch chunks of the conv weight gradient, and on the memory
 # of their partial sums. Both depend on shapes only, never on the thread count.
@@ -128,13 +128,13 @@ _DENSE_MAX_BYTES = 32 << 20
 _DENSE_MIN_BATCH = 16
 _DENSE_COL_BLOCK = 256
 _WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
-# Winograd's transformed weights are packed for the packed-weight GEMM when they are kept
-# (eval mode), or per call (training, cnncore.functional) from this many 2x2 tiles in the
-# batch: the packing copies the 16 x C_out x C_in weights once, the products use them once
-# per tile. Forward, 2 threads, packed per call / BLAS: 512 -> 512 on 4x4 at batch 16
-# (64 tiles) 1.03; 256 -> 256 on 8x8 at batch 16 (256 tiles) 0.94; 64 -> 64 on 32x32 at
-# batch 1 (256 tiles) 0.85; kept: 0.77, 0.86, 0.87.
-_WINOGRAD_PACK_MIN_TILES = 128
+# Weights are packed for the packed-weight GEMM when they are kept (eval mode), or per call
+# (training, cnncore.functional) from this many GEMM columns in the batch (Winograd tiles,
+# output pixels): the packing copies the weights once, the products use them once per
+# column. Winograd forward, 2 threads, packed per call / BLAS: 512 -> 512 on 4x4 at batch
+# 16 (64 tiles) 1.03; 256 -> 256 on 8x8 at batch 16 (256 tiles) 0.94; 64 -> 64 on 32x32
+# at batch 1 (256 tiles) 0.85; kept: 0.77, 0.86, 0.87.
+_PACK_MIN_COLS = 128
 
 
 def transposed_dw_cols(k_g, p, pointwise):
@@ -217,15 +217,33 @@ def winograd_block(n, out_hw, min_tiles):
     return min(n, -(-min_tiles // tiles))
 
 
-def winograd_packed(n, nb, out_hw, kept):
-    """Whether Winograd's products (batch ``n`` in blocks of ``nb`` samples) run on the
-    packed-weight GEMM (cnncore_gemm.h; see _winograd.PACKED): on machines where it beats
-    BLAS, for products of at least _winograd.PACKED_MIN_COLS tiles, with the packed weights
-    kept between calls (``kept``) or enough tiles to pay for packing them per call
-    (_WINOGRAD_PACK_MIN_TILES). Shapes only: never the thread count."""
-    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
-    return (_winograd.PACKED and nb * tiles >= _winograd.PACKED_MIN_COLS
-            and (kept or n * tiles >= _WINOGRAD_PACK_MIN_TILES))
+def packed_gemm(n, cols, per_sample, kept):
+    """Whether the products of a convolution (batch ``n``, ``per_sample`` GEMM columns a
+    sample: Winograd tiles or output pixels) whose GEMMs have ``cols`` columns (a block of
+    samples' tiles, a tile of output rows) run on the packed-weight GEMM (cnncore_gemm.h;
+    see _blas.PACKED): on machines where it beats BLAS, for products of at least
+    _blas.PACKED_MIN_COLS columns, with the packed weights kept between calls (``kept``) or
+    enough columns in the batch to pay for packing them per call (_PACK_MIN_COLS). Shapes
+    only: never the thread count."""
+    return (_blas.PACKED and cols >= _blas.PACKED_MIN_COLS
+            and (kept or n * per_sample >= _PACK_MIN_COLS))
+
+
+def sample_group(n, geo, c_out, k_g, itemsize, kept):
+    """Samples per task of an im2col / 1x1 forward pass on output maps smaller than a good
+    GEMM's width (fewer than _blas.PACKED_MIN_COLS pixels): ``ceil(PACKED_MIN_COLS / P)``
+    samples' column matrices side by side feed one packed-weight GEMM
+    (_conv.conv2d_forward_grouped), when the packed GEMM runs here (packed_gemm) and the
+    convolution is ungrouped; else 0 (tiles of one sample, BLAS). Shapes only."""
+    p = geo.out_hw[0] * geo.out_hw[1]
+    if geo.groups != 1 or p >= _blas.PACKED_MIN_COLS:
+        return 0
+    group = -(-_blas.PACKED_MIN_COLS // p)
+    if not packed_gemm(n, min(n, group) * p, p, kept):
+        return 0
+    if (k_g + c_out) * group * p * itemsize > _TILE_BYTES * 4:
+        return 0
+    return group
 
 
 def is_pointwise(geo, kh, kw):
