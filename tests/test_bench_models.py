@@ -177,6 +177,31 @@ def test_time_interleaved_budget_counts_every_implementation():
         timing.time_interleaved({}, 1, 0)
 
 
+def test_time_interleaved_short_calls_get_more_rounds():
+    # 0.01 s and 0.03 s calls, 3 rounds asked, min_time 0.1 s: rounds go on until the
+    # faster implementation's timed calls sum to 0.1 s (10 rounds)
+    fns, state, kw = _stubs({"cnncore": 0.01, "torch": 0.03})
+    times, _ = timing.time_interleaved(fns, repeats=3, budget=1000, pause=0, rewarm=0,
+                                       min_time=0.1, **kw)
+    assert times["cnncore"]["n"] == times["torch"]["n"] == 10
+    assert times["cnncore"]["rounds"] == 10 and not times["cnncore"]["cut"]
+    assert sum(times["cnncore"]["times"]) >= 0.1
+    # max_repeats caps them, and the budget still stops long rows
+    fns, state, kw = _stubs({"cnncore": 0.01, "torch": 0.03})
+    times, _ = timing.time_interleaved(fns, repeats=3, budget=1000, pause=0, rewarm=0,
+                                       min_time=0.1, max_repeats=6, **kw)
+    assert times["cnncore"]["n"] == 6
+    fns, state, kw = _stubs({"cnncore": 0.01, "torch": 0.03})
+    times, _ = timing.time_interleaved(fns, repeats=3, budget=0.05, pause=0, rewarm=0,
+                                       min_time=0.1, **kw)
+    assert times["cnncore"]["n"] == 3  # 0.12 s of calls > 2 x 0.05 s after 3 rounds
+    # long calls: repeats rounds only
+    fns, state, kw = _stubs({"cnncore": 1.0, "torch": 3.0})
+    times, _ = timing.time_interleaved(fns, repeats=3, budget=1000, pause=0, rewarm=0,
+                                       min_time=0.5, **kw)
+    assert times["torch"]["n"] == 3
+
+
 def _recording(monkeypatch, log):
     """Wrap models.cnncore_call / torch_call so that every call is logged ("c" / "t"), with
     whether the cnncore memory pool was NumPy's allocator during it."""
@@ -234,7 +259,8 @@ def test_no_interleave_reaches_run_case(monkeypatch):
     real = models.run_case
 
     def run_case(*args, **kwargs):
-        seen.append((kwargs["interleave"], kwargs["pause"], kwargs["rewarm"]))
+        seen.append((kwargs["interleave"], kwargs["pause"], kwargs["rewarm"],
+                     kwargs["min_time"]))
         return real(*args, **kwargs)
     monkeypatch.setattr(models, "run_case", run_case)
     p = build_parser()
@@ -246,7 +272,7 @@ def test_no_interleave_reaches_run_case(monkeypatch):
         assert s.models_interleave is want and s.as_dict()["models_interleave"] is want
         lines = []
         res = runner.run(s, emit=lines.append)
-        assert seen == [(want, 0.0, 0)] * 2  # smoke: no re-warm calls
+        assert seen == [(want, 0.0, 0, 0.0)] * 2  # smoke: no re-warm calls, no extra rounds
         assert res["settings"]["models_interleave"] is want
         assert [r["interleaved"] for r in res["models"]] == [want] * 2
         header = [ln for ln in lines if "models rows:" in ln]
@@ -255,6 +281,7 @@ def test_no_interleave_reaches_run_case(monkeypatch):
         assert ("one block per implementation (--no-interleave)" in header[0]) is not want
     quick = settings_from_args(p.parse_args(["--ops", "models", "--quick"]))
     assert quick.models_rewarm == 1 and quick.models_pause == 0
+    assert quick.models_min_time == 0.5
     with pytest.raises(ValueError, match="need --ops models"):
         settings_from_args(p.parse_args(["--no-interleave"]))
 

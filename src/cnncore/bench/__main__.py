@@ -189,7 +189,8 @@ def settings_from_args(args, parser=None):
         models_budget={"smoke": 0.0, "quick": 10.0, "full": 60.0}[mode],
         models_min_repeats=1 if mode == "smoke" else 3,
         models_interleave=not args.no_interleave,
-        models_pause=0.0, models_rewarm=0 if mode == "smoke" else 1)
+        models_pause=0.0, models_rewarm=0 if mode == "smoke" else 1,
+        models_min_time=0.0 if mode == "smoke" else 0.5)
 
 
 def _jsonable(obj):

@@ -35,7 +35,8 @@ by up to 30 % within a minute, and interleaving lets every implementation see th
 drift, so the ratios are steadier than block timings. Each median comes from that
 implementation's own calls; at most ``repeats`` rounds, and the rounds stop once their
 summed call times exceed ``budget`` seconds per implementation (at least ``min_repeats``
-rounds: ``cut`` in the summary); ``minor_faults_per_call`` counts the page faults around
+rounds: ``cut`` in the summary); short calls get more rounds, up to 100, until each
+implementation's timed calls sum to ``min_time`` seconds (``rounds`` in the summary); ``minor_faults_per_call`` counts the page faults around
 each implementation's own calls only. ``interleave=False`` (``--no-interleave``) times each
 implementation in one block of ``warmup`` + ``repeats`` calls, as before
 (:func:`~cnncore.bench.timing.time_budgeted`). ONNX Runtime is always timed in one block of
@@ -348,12 +349,13 @@ class PeakRss:
 
 def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
              budget=30.0, min_repeats=3, memory_pool=True, settle=0.25, monitor=None,
-             use_ort=False, interleave=True, pause=0.0, rewarm=1):
+             use_ort=False, interleave=True, pause=0.0, rewarm=1, min_time=0.0):
     """Time one case (cnncore, torch unless ``torch`` is None, and for inference ONNX
     Runtime if ``use_ort``); returns the row dict. ``interleave``: timed in interleaved
     rounds of ``rewarm`` untimed and one timed call per implementation, ``pause`` seconds
-    after each timed call (see the module docstring), else one
-    block per implementation; ``settle``: sleep between the implementations' blocks."""
+    after each timed call, until each implementation's timed calls sum to ``min_time``
+    seconds (see the module docstring), else one block per implementation; ``settle``:
+    sleep between the implementations' blocks."""
     from ..memory import memory_pool as pool
     from .. import interop
 
@@ -423,7 +425,7 @@ def run_case(case, torch, threads, dtype="float32", seed=0, warmup=1, repeats=3,
         if row["interleaved"]:
             time.sleep(settle)
             times, last = time_interleaved(rounds, repeats, budget, min_repeats, pause,
-                                           rewarm)
+                                           rewarm, min_time=min_time)
             rounds.clear()
             row["times"].update(times)
             outputs["cnncore"] = np.array(last.pop("cnncore"))

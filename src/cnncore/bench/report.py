@@ -214,8 +214,10 @@ def models_timing_line(s):
     limit = (f"stopping after {s.get('models_budget', 0):g} s of calls per implementation "
              f"once {s.get('models_min_repeats', 1)} ran")
     if s.get("models_interleave", False):
+        more = (f"; more rounds, up to 100, until each implementation's timed calls sum "
+                f"to {s['models_min_time']:g} s" if s.get("models_min_time") else "")
         return (f"  models rows: median of interleaved rounds (at most {s['repeats']}, "
-                f"{limit}): after each implementation's own check and warm-up "
+                f"{limit}{more}): after each implementation's own check and warm-up "
                 f"({max(1, s['warmup'])} call(s)), every round runs cnncore and torch "
                 f"in turn (ONNX Runtime: one block of its own afterwards), each "
                 f"{s.get('models_rewarm', 0)} untimed call(s) then one timed alone, back to "

@@ -63,6 +63,9 @@ class Settings:
     models_interleave: bool = True
     models_pause: float = 0.0
     models_rewarm: int = 1
+    #: interleaved rounds go on (up to 100) until each implementation's timed calls sum
+    #: to this many seconds: a median of 3 short calls is noise
+    models_min_time: float = 0.5
 
     def as_dict(self):
         d = asdict(self)
@@ -291,7 +294,7 @@ class _Bench:
                 repeats=s.repeats, budget=s.models_budget, min_repeats=s.models_min_repeats,
                 memory_pool=s.memory_pool, settle=s.settle, monitor=self.monitor,
                 use_ort=self.use_ort, interleave=s.models_interleave, pause=s.models_pause,
-                rewarm=s.models_rewarm)
+                rewarm=s.models_rewarm, min_time=s.models_min_time)
             if s.models_memory:
                 row["memory_fresh"] = {}
                 impls = ["cnncore"] + (["torch"] if self.torch is not None else [])
