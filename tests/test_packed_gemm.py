@@ -338,3 +338,46 @@ def test_grouped_kernel_checks_its_arguments(rng):
     with pytest.raises(ValueError, match="work rows"):
         F.conv._conv.conv2d_forward_grouped(x, wp, none, y, work[:, 1:].copy(), 3, 3, 1, 1,
                                             1, 1, 1, 1, 2, 1)
+
+
+@needs_packed
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_output_channel_blocks(dtype, rng, monkeypatch, im2col_packed_calls):
+    """Batch 1 on a small map: the 1x1 convolution's tasks are blocks of output channels
+    (whole packed row blocks) instead of input-channel blocks with partial outputs."""
+    seen = []
+    original = F.conv._conv.conv2d_forward
+
+    def spy(*args):
+        seen.append((len(args[5]), args[-1]))  # (partial-output blocks, m_blocks)
+        return original(*args)
+    monkeypatch.setattr(F.conv._conv, "conv2d_forward", spy)
+    x = rng.standard_normal((1, 128, 8, 8)).astype(dtype)
+    w = rng.standard_normal((50, 128, 1, 1)).astype(dtype)
+    b = rng.standard_normal(50).astype(dtype)
+    results = [F.conv2d(x, w, b, n_threads=t) for t in (1, 2, 3)]
+    assert seen[0][0] == 0 and seen[0][1] > 1 and len(set(seen)) == 1
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    assert_close(results[0], R.conv2d(*as_float64(x, w, b)), dtype, "conv2d")
+
+
+@pytest.mark.parametrize("m_blocks", [2, 3])
+def test_pointwise_output_channel_blocks_kernel(m_blocks, rng):
+    """The kernel's output-channel blocks, with tiles too short for the packed GEMM (BLAS
+    then computes each block's rows), and its argument checks."""
+    x = rng.standard_normal((2, 8, 6, 10))
+    w = rng.standard_normal((17, 8, 1, 1))
+    b = rng.standard_normal(17)
+    wp = np.empty(B.packed_rows(17) * 8)
+    B.pack(w.reshape(17, 8), wp, 1)
+    y = np.full((2, 17, 6, 10), np.nan)
+    work = np.zeros((2, 1))
+    parts = np.zeros((0, 2, 17, 60))
+    conv = F.conv._conv
+    conv.conv2d_forward(x, w, b, y, work, parts, 1, 1, 0, 0, 1, 1, 1, 2, 2, wp, m_blocks)
+    np.testing.assert_allclose(y, R.conv2d(x, w, b), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="blocks of output channels"):
+        conv.conv2d_forward(x, w, b, y, work, parts, 1, 1, 0, 0, 1, 1, 1, 2, 2, None, 2)
+    with pytest.raises(ValueError, match="blocks of output channels"):
+        conv.conv2d_forward(x, w, b, y, work, parts, 1, 1, 0, 0, 1, 1, 1, 2, 2, wp, 4)

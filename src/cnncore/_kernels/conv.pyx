@@ -229,11 +229,14 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
                         const floating* wp,                                       # IN
                         const floating* bias, bint has_bias,                      # IN
                         Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
-                        floating* y, Py_ssize_t ldy, floating* col) noexcept nogil:  # OUT
+                        floating* y, Py_ssize_t ldy, floating* col,               # OUT
+                        Py_ssize_t o0=0, Py_ssize_t o1=-1) noexcept nogil:
     """The part of output rows [r0, r1) of one sample that input channels [c0, c1) of
     every group give: ``y_g (og x L, rows ldy apart) = w_g[:, k0:k1] (og x kb) @ col
     (kb x L)``, plus the bias if ``has_bias``. With ``wp`` (the packed w of an ungrouped
-    convolution, or NULL) and at least _PACKED_MIN_COLS columns, by the packed GEMM."""
+    convolution, or NULL) and at least _PACKED_MIN_COLS columns, by the packed GEMM, for
+    output channels [o0, o1) only (o1 = -1: all; else an ungrouped convolution, o0 a
+    multiple of CNN_PGEMM_OB)."""
     cdef Py_ssize_t grp, o, p
     cdef Py_ssize_t L = (r1 - r0) * g.Wo, k0 = c0 * g.kh * g.kw
     cdef Py_ssize_t kb = (c1 - c0) * g.kh * g.kw
@@ -241,6 +244,8 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
     cdef const floating* colp
     cdef floating* yp
     cdef floating beta = 0
+    if o1 < 0:
+        o1 = g.og
     for grp in range(g.groups):
         yp = y + grp * g.og * ldy
         if g.pointwise:
@@ -251,16 +256,17 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
             colp = col
             ldb = <int> L
         if wp != NULL and L >= _PACKED_MIN_COLS:
-            _pgemm(g.og, L, kb, wp + k0 * CNN_PGEMM_OB, g.Kg, colp, ldb, bias if has_bias else NULL,
-                   yp, ldy)
+            _pgemm(o1 - o0, L, kb, wp + (o0 * g.Kg + k0 * CNN_PGEMM_OB), g.Kg, colp, ldb,
+                   bias + o0 if has_bias else NULL, yp + o0 * ldy, ldy)
             continue
         if has_bias:  # start from the bias and let GEMM add to it (beta = 1)
-            for o in range(g.og):
+            for o in range(o0, o1):
                 for p in range(L):
                     yp[o * ldy + p] = bias[grp * g.og + o]
             beta = 1
-        _gemm(NoTrans, NoTrans, <int> g.og, <int> L, <int> kb, <floating> 1,
-              w + grp * g.og * g.Kg + k0, <int> g.Kg, colp, ldb, beta, yp, <int> ldy)
+        _gemm(NoTrans, NoTrans, <int> (o1 - o0), <int> L, <int> kb, <floating> 1,
+              w + (grp * g.og + o0) * g.Kg + k0, <int> g.Kg, colp, ldb, beta, yp + o0 * ldy,
+              <int> ldy)
 
 
 cdef void _add_parts(const floating* parts, Py_ssize_t n_parts, Py_ssize_t stride,  # IN
@@ -283,11 +289,14 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                    floating[:, :, :, ::1] parts,       # scratch (k_parts - 1, N, C_out, P)
                    int sh, int sw, int ph, int pw, int dh, int dw, int groups,
                    Py_ssize_t rows, int n_threads,
-                   const floating[::1] wp=None):       # IN  _blas.pack(w) or None
+                   const floating[::1] wp=None,        # IN  _blas.pack(w) or None
+                   Py_ssize_t m_blocks=1):
     """Forward convolution into ``y``; the (sample, tile of ``rows`` output rows, block of
     input channels) tasks are split over ``n_threads`` threads. With ``wp``, the packed
     copy of ``w`` (ungrouped convolutions only), tiles of at least _blas.PACKED_MIN_COLS
-    output pixels use the packed GEMM.
+    output pixels use the packed GEMM; a 1x1 stride-1 convolution (no column matrix to
+    build twice) may then split its output channels into ``m_blocks`` blocks of whole
+    packed row blocks instead of splitting the input channels (no partial outputs).
 
     With ``k_parts = parts.shape[0] + 1 > 1`` blocks of input channels (a small batch of
     small images), block 0 writes ``y`` and block ``b`` its part ``parts[b - 1]``; the parts
@@ -298,6 +307,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Py_ssize_t KP = parts.shape[0] + 1
     if not 1 <= KP <= g.Cg:
         raise ValueError(f"conv2d_forward: {KP} blocks of {g.Cg} input channels")
+    cdef Py_ssize_t n_ob = (g.C_out + CNN_PGEMM_OB - 1) // CNN_PGEMM_OB, MB = m_blocks
+    if MB != 1 and (wp is None or KP != 1 or not g.pointwise or not 1 <= MB <= n_ob):
+        raise ValueError(f"conv2d_forward: {MB} blocks of output channels need packed "
+                         f"weights, a 1x1 convolution, one block of input channels and at "
+                         f"most {n_ob} blocks")
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t task, n, b, r0 = 0, r1 = 0, tid = 0
     cdef floating* col = NULL
@@ -308,6 +322,18 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                              f"ungrouped convolution ({packed_rows(g.C_out) * g.Kg} "
                              f"elements), got {wp.shape[0]} elements, groups={groups}")
         wpp = &wp[0]
+    if MB > 1:
+        with nogil:
+            for task in prange(g.N * g.T * MB, schedule='static', num_threads=n_threads):
+                n = task // (g.T * MB)
+                b = task % MB
+                r0 = _tile_start(&g, (task // MB) % g.T)
+                r1 = _tile_stop(&g, (task // MB) % g.T)
+                _forward_tile(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], wpp, &bias[0], has_bias,
+                              0, g.Cg, r0, r1, &y[n, 0, r0, 0], g.P, NULL,
+                              b * n_ob // MB * CNN_PGEMM_OB,
+                              min((b + 1) * n_ob // MB * CNN_PGEMM_OB, g.C_out))
+        return
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         col = &work[tid, 0]

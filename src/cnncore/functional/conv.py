@@ -388,17 +388,20 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
         return y
     work = _work(n_threads, 0 if algorithm == "pointwise" else cg * kh * kw * rows * geo.out_hw[1],
                  x.dtype)
-    # blocks of input channels 1, 2, ... write partial outputs, added to y in order
-    parts = _scratch_array("conv_parts", (k_parts - 1, n, c_out, geo.out_hw[0] * geo.out_hw[1]),
-                           x.dtype)
     wp = None
+    m_blocks = 1
     if geo.groups == 1 and planner.packed_gemm(n, rows * geo.out_hw[1],
                                                geo.out_hw[0] * geo.out_hw[1],
                                                kept=cache is not None):
         wp = _packed_weights(weight, n_threads, cache, token)
+        if algorithm == "pointwise":  # blocks of output channels, not of input channels
+            m_blocks, k_parts = planner.pointwise_out_blocks(k_parts, c_out), 1
+    # blocks of input channels 1, 2, ... write partial outputs, added to y in order
+    parts = _scratch_array("conv_parts", (k_parts - 1, n, c_out, geo.out_hw[0] * geo.out_hw[1]),
+                           x.dtype)
     with _one_blas_thread():
         _conv.conv2d_forward(x, weight, b, y, work, parts, *geo.kernel_args(), rows,
-                             n_threads, wp)
+                             n_threads, wp, m_blocks)
     return y
 
 
