@@ -11,12 +11,12 @@
  * OpenBLAS 0.3.30 (SkylakeX kernels) on the same products.
  *
  * The weights are packed per block of OB = CNN_PGEMM_OB rows, k-major:
- * wp[(ob*K + k)*OB + o] = W[ob*OB + o, k], with cnn_pgemm_rows(M) rows (zeros past M). A strip of NV vectors of VL
- * columns times one block of OB rows is accumulated in OB*NV vector registers: per k, NV
- * vectors of B are loaded and OB weights broadcast, each B vector feeding OB fused
- * multiply-adds. Every output is the sum over k in increasing order (one accumulator per
- * output, started at the bias or zero), so results do not depend on how callers split
- * the columns or rows between threads.
+ * wp[(ob*K + k)*OB + o] = W[ob*OB + o, k], with cnn_pgemm_rows(M) rows (zeros past M).
+ * A strip of NV vectors of VL columns times one block of OB rows is accumulated in OB*NV
+ * vector registers: per k, NV vectors of B are loaded and OB weights broadcast, each B
+ * vector feeding OB fused multiply-adds. Every output is the sum over k in increasing order
+ * (one accumulator per output, started at the bias, zero or C's value), so results do not
+ * depend on how callers split the columns or rows between threads.
  *
  * B is read in columns [0, N) only: the last, partial vector of a row is the one ending at
  * column N (overlapping the one before; a product narrower than one vector is done by a
@@ -49,7 +49,11 @@ static inline ptrdiff_t cnn_pgemm_rows(ptrdiff_t M) {
         const ptrdiff_t q0 = PARTIAL ? N - VL : q;                                         \
         CNN_CR_UNROLL for (int o = 0; o < ROWS; ++o) {                                     \
             const V b0 = (V){0} + (bias && o < no ? bias[ob * OB + o] : (T)0);             \
-            CNN_CR_UNROLL for (int v = 0; v < NV_; ++v) acc[o][v] = b0;                    \
+            CNN_CR_UNROLL for (int v = 0; v < NV_; ++v) {                                  \
+                acc[o][v] = b0;                                                            \
+                if (add && o < no)                                                         \
+                    acc[o][v] = *(const VU *)(C + (ob * OB + o) * ldc + q0 + v * VL);      \
+            }                                                                              \
         }                                                                                  \
         const T *bq = B + q0;                                                              \
         for (ptrdiff_t k = 0; k < K; ++k) {                                                \
@@ -73,16 +77,17 @@ static inline ptrdiff_t cnn_pgemm_rows(ptrdiff_t M) {
         }                                                                                  \
     }
 
-/* cnn_pgemm_<SUF>_<ISA>: C = Wp @ B (+ bias[row] if bias is not NULL), N >= VL. Row blocks
- * outside, column strips inside: a block's K x OB packed weights stay in L1 while B
- * streams. The columns left after the strips of NV vectors (all of them when N < NV*VL)
- * are done one vector at a time for TG blocks of rows at once (TG*OB accumulators: one
- * block alone would leave the FMA units waiting on each accumulator's latency). */
+/* cnn_pgemm_<SUF>_<ISA>: C = Wp @ B (+ bias[row] if bias is not NULL), or C += Wp @ B if
+ * add (each sum then starts from C's value), N >= VL. Row blocks outside, column strips
+ * inside: a block's K x OB packed weights stay in L1 while B streams. The columns left
+ * after the strips of NV vectors (all of them when N < NV*VL) are done one vector at a
+ * time for TG blocks of rows at once (TG*OB accumulators: one block alone would leave the
+ * FMA units waiting on each accumulator's latency). */
 #define CNN_DEFINE_PGEMM(T, SUF, ISA, ATTR, VL, NV, TG)                                    \
     ATTR static void cnn_pgemm_##SUF##_##ISA(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,        \
                                              const T *wp, ptrdiff_t ks, const T *B,        \
-                                             ptrdiff_t ldb, const T *bias, T *C,           \
-                                             ptrdiff_t ldc) {                              \
+                                             ptrdiff_t ldb, const T *bias, int add,        \
+                                             T *C, ptrdiff_t ldc) {                        \
         typedef CNN_CR_VECTOR(T, VL) V;                                                    \
         typedef CNN_CR_VECTOR_U(T, VL) VU;                                                 \
         const int OB = CNN_PGEMM_OB;                                                       \
@@ -108,13 +113,13 @@ static inline ptrdiff_t cnn_pgemm_rows(ptrdiff_t M) {
 #define CNN_DEFINE_PGEMM_SCALAR(T, SUF)                                                    \
     static void cnn_pgemm_##SUF##_scalar(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,            \
                                          const T *wp, ptrdiff_t ks, const T *B,            \
-                                         ptrdiff_t ldb, const T *bias, T *C,               \
+                                         ptrdiff_t ldb, const T *bias, int add, T *C,      \
                                          ptrdiff_t ldc) {                                  \
         const ptrdiff_t OB = CNN_PGEMM_OB;                                                 \
         for (ptrdiff_t o = 0; o < M; ++o) {                                                \
             const T *w = wp + (o / OB) * ks * OB + o % OB;                                 \
             for (ptrdiff_t j = 0; j < N; ++j) {                                            \
-                T s = bias ? bias[o] : (T)0;                                               \
+                T s = add ? C[o * ldc + j] : bias ? bias[o] : (T)0;                        \
                 for (ptrdiff_t k = 0; k < K; ++k) s += w[k * OB] * B[k * ldb + j];         \
                 C[o * ldc + j] = s;                                                        \
             }                                                                              \
@@ -135,18 +140,19 @@ CNN_DEFINE_PGEMM(float, f, base, , CNN_CR_BASE_VL(float), 2, 2)
 CNN_DEFINE_PGEMM(double, d, base, , CNN_CR_BASE_VL(double), 2, 2)
 
 #define CNN_DEFINE_PGEMM_HELPERS(T, SUF, BASE_VL)                                          \
-    /* C (M x N) = W[:, k0:k0+K] @ B (K x N) (+ bias) at ISA level `isa` (cnn_cr_isa; a     \
-     * lower level may be asked for), wp pointing at column k0 of the packed W whose       \
-     * blocks are ks columns long (wp + k0*OB; ks = K for the whole of W). */              \
+    /* C (M x N) = W[:, k0:k0+K] @ B (K x N) (+ bias; C += ... if add) at ISA level `isa`   \
+     * (cnn_cr_isa; a lower level may be asked for), wp pointing at column k0 of the       \
+     * packed W whose blocks are ks columns long (wp + k0*OB; ks = K for the whole W). */  \
     static inline void cnn_pgemm_##SUF(int isa, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,     \
                                        const T *wp, ptrdiff_t ks, const T *B,              \
-                                       ptrdiff_t ldb, const T *bias, T *C, ptrdiff_t ldc) { \
+                                       ptrdiff_t ldb, const T *bias, int add, T *C,        \
+                                       ptrdiff_t ldc) {                                    \
         CNN_PG_DISPATCH_##SUF  /* each vector kernel needs N >= its vector length */     \
         if (N < BASE_VL) {                                                                 \
-            cnn_pgemm_##SUF##_scalar(M, N, K, wp, ks, B, ldb, bias, C, ldc);               \
+            cnn_pgemm_##SUF##_scalar(M, N, K, wp, ks, B, ldb, bias, add, C, ldc);               \
             return;                                                                        \
         }                                                                                  \
-        cnn_pgemm_##SUF##_base(M, N, K, wp, ks, B, ldb, bias, C, ldc);                     \
+        cnn_pgemm_##SUF##_base(M, N, K, wp, ks, B, ldb, bias, add, C, ldc);                     \
     }                                                                                      \
     /* Rows [o0, o1) of W (M x K, rows ldw apart, entry (o, k) at w[o*ldw + k*sk]) into    \
      * the packed wp (see the top of this file); o0 is a multiple of OB. Rows past M     \
@@ -168,11 +174,15 @@ CNN_DEFINE_PGEMM(double, d, base, , CNN_CR_BASE_VL(double), 2, 2)
 
 #if CNN_CR_X86
 #define CNN_PG_DISPATCH_f                                                                  \
-    if (isa >= 2 && N >= 16) { cnn_pgemm_f_avx512(M, N, K, wp, ks, B, ldb, bias, C, ldc); return; } \
-    if (isa >= 1 && N >= 8) { cnn_pgemm_f_avx2(M, N, K, wp, ks, B, ldb, bias, C, ldc); return; }
+    if (isa >= 2 && N >= 16)                                                               \
+        { cnn_pgemm_f_avx512(M, N, K, wp, ks, B, ldb, bias, add, C, ldc); return; }       \
+    if (isa >= 1 && N >= 8)                                                                \
+        { cnn_pgemm_f_avx2(M, N, K, wp, ks, B, ldb, bias, add, C, ldc); return; }
 #define CNN_PG_DISPATCH_d                                                                  \
-    if (isa >= 2 && N >= 8) { cnn_pgemm_d_avx512(M, N, K, wp, ks, B, ldb, bias, C, ldc); return; } \
-    if (isa >= 1 && N >= 4) { cnn_pgemm_d_avx2(M, N, K, wp, ks, B, ldb, bias, C, ldc); return; }
+    if (isa >= 2 && N >= 8)                                                               \
+        { cnn_pgemm_d_avx512(M, N, K, wp, ks, B, ldb, bias, add, C, ldc); return; }       \
+    if (isa >= 1 && N >= 4)                                                                \
+        { cnn_pgemm_d_avx2(M, N, K, wp, ks, B, ldb, bias, add, C, ldc); return; }
 #else
 #define CNN_PG_DISPATCH_f (void)isa;
 #define CNN_PG_DISPATCH_d (void)isa;

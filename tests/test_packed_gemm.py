@@ -381,3 +381,55 @@ def test_pointwise_output_channel_blocks_kernel(m_blocks, rng):
         conv.conv2d_forward(x, w, b, y, work, parts, 1, 1, 0, 0, 1, 1, 1, 2, 2, None, 2)
     with pytest.raises(ValueError, match="blocks of output channels"):
         conv.conv2d_forward(x, w, b, y, work, parts, 1, 1, 0, 0, 1, 1, 1, 2, 2, wp, 4)
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 8, 16, 17, 64])
+def test_linear_backward_into_adds_into_the_gradients(n, dtype, rng):
+    """The layer path adds the weight and bias gradients into existing ones in the kernel
+    (packed GEMM up to MAX_PACKED_BATCH samples where it runs, BLAS otherwise); the
+    functional one returns fresh gradients. Both against float64 NumPy, bit-identical at
+    1, 2 and 3 threads."""
+    x = rng.standard_normal((n, 70)).astype(dtype)
+    w = rng.standard_normal((150, 70)).astype(dtype)
+    dy = rng.standard_normal((n, 150)).astype(dtype)
+    gw0 = rng.standard_normal(w.shape).astype(dtype)
+    gb0 = rng.standard_normal(150).astype(dtype)
+    x64, w64, dy64 = as_float64(x, w, dy)
+    outs = []
+    for threads in (1, 2, 3):
+        gw, gb = gw0.copy(), gb0.copy()
+        gx = F.dense.linear_backward_into(dy, x, w, gw, gb, n_threads=threads)
+        outs.append((gx, gw, gb))
+        assert_close(gx, dy64 @ w64, dtype, "grad_x")
+        assert_close(gw, gw0 + dy64.T @ x64, dtype, "grad_weight")
+        assert_close(gb, gb0 + dy64.sum(0), dtype, "grad_bias")
+    for other in outs[1:]:
+        for a, e in zip(other, outs[0]):
+            np.testing.assert_array_equal(a, e)
+    gx, gw, gb = F.linear_backward(dy, x, w)
+    assert_close(gw, dy64.T @ x64, dtype, "fresh grad_weight")
+    assert_close(gb, dy64.sum(0), dtype, "fresh grad_bias")
+
+
+def test_linear_backward_into_odd_gradients_and_no_bias(rng):
+    x = rng.standard_normal((4, 6))
+    w = rng.standard_normal((5, 6))
+    dy = rng.standard_normal((4, 5))
+    gw = np.asfortranarray(np.ones((5, 6)))  # not C-contiguous: added by NumPy instead
+    gx = F.dense.linear_backward_into(dy, x, w, gw, None)
+    np.testing.assert_allclose(gw, 1 + dy.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(gx, dy @ w, rtol=1e-12)
+    gw = np.zeros((5, 6))
+    F.dense.linear_backward_into(dy[:0], x[:0], w, gw)  # an empty batch adds nothing
+    assert not gw.any()
+
+
+def test_linear_kernel_rejects_packed_for_large_batches(rng):
+    n = F.dense._dense.MAX_PACKED_BATCH + 1
+    x, dy, w = np.zeros((n, 4)), np.zeros((n, 3)), np.zeros((3, 4))
+    with pytest.raises(ValueError, match="packed needs a batch"):
+        F.dense._dense.linear_backward(dy, x, w, np.zeros_like(x), np.zeros_like(w),
+                                       np.zeros(3), 1, False, True)

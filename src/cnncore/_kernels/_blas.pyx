@@ -37,16 +37,14 @@ cdef extern from "cnncore_gemm.h" nogil:
     Py_ssize_t cnn_pgemm_rows(Py_ssize_t M)
     void cnn_pgemm_f(int isa, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* wp,
                      Py_ssize_t ks, const float* B, Py_ssize_t ldb, const float* bias,
-                     float* C, Py_ssize_t ldc)
+                     int add, float* C, Py_ssize_t ldc)
     void cnn_pgemm_d(int isa, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* wp,
                      Py_ssize_t ks, const double* B, Py_ssize_t ldb, const double* bias,
-                     double* C, Py_ssize_t ldc)
+                     int add, double* C, Py_ssize_t ldc)
     void cnn_pgemm_pack_f(float* wp, const float* w, Py_ssize_t M, Py_ssize_t K,
                           Py_ssize_t ldw, Py_ssize_t sk, Py_ssize_t o0, Py_ssize_t o1)
     void cnn_pgemm_pack_d(double* wp, const double* w, Py_ssize_t M, Py_ssize_t K,
                           Py_ssize_t ldw, Py_ssize_t sk, Py_ssize_t o0, Py_ssize_t o1)
-    enum:
-        CNN_PGEMM_ROWS
 
 cdef int _ISA = cnn_cr_isa()
 ISA = _ISA  # 2: AVX-512F, 1: AVX2 + FMA, 0: baseline
@@ -56,22 +54,25 @@ PACKED_MIN_COLS = _PACKED_MIN_COLS
 
 cdef void _pgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* wp, Py_ssize_t ks,
                  const floating* B, Py_ssize_t ldb, const floating* bias,   # IN
-                 floating* C, Py_ssize_t ldc) noexcept nogil:               # OUT
-    """``C (M x N) = W[:, k0:k0+K] @ B (K x N) (+ bias if not NULL)`` at this machine's ISA
-    level, ``wp`` pointing at column k0 of the packed W whose row blocks are ``ks`` long."""
+                 floating* C, Py_ssize_t ldc, bint add=False) noexcept nogil:  # OUT
+    """``C (M x N) = W[:, k0:k0+K] @ B (K x N) (+ bias if not NULL)``, or ``C += ...`` if
+    ``add``, at this machine's ISA level, ``wp`` pointing at column k0 of the packed W
+    whose row blocks are ``ks`` long."""
     if floating is float:
-        cnn_pgemm_f(_ISA, M, N, K, wp, ks, B, ldb, bias, C, ldc)
+        cnn_pgemm_f(_ISA, M, N, K, wp, ks, B, ldb, bias, add, C, ldc)
     else:
-        cnn_pgemm_d(_ISA, M, N, K, wp, ks, B, ldb, bias, C, ldc)
+        cnn_pgemm_d(_ISA, M, N, K, wp, ks, B, ldb, bias, add, C, ldc)
 
 
 cdef void _pgemm_pack(floating* wp, const floating* w, Py_ssize_t M, Py_ssize_t K,
-                      Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1) noexcept nogil:
-    """Rows [o0, o1) (o0 a multiple of PACKED_ROWS) of W (M x K, rows ldw apart) into wp."""
+                      Py_ssize_t ldw, Py_ssize_t o0, Py_ssize_t o1,
+                      Py_ssize_t sk=1) noexcept nogil:
+    """Rows [o0, o1) (o0 a multiple of 6) of W (M x K, entry (o, k) at ``w[o*ldw + k*sk]``)
+    into wp."""
     if floating is float:
-        cnn_pgemm_pack_f(wp, w, M, K, ldw, 1, o0, o1)
+        cnn_pgemm_pack_f(wp, w, M, K, ldw, sk, o0, o1)
     else:
-        cnn_pgemm_pack_d(wp, w, M, K, ldw, 1, o0, o1)
+        cnn_pgemm_pack_d(wp, w, M, K, ldw, sk, o0, o1)
 
 
 PACKED_ROWS = CNN_PGEMM_ROWS
@@ -93,17 +94,18 @@ def pack(const floating[:, ::1] w,   # IN  (M, K)
         return
     for r0 in prange(0, R, CNN_PGEMM_ROWS, nogil=True, schedule='static',
                      num_threads=n_threads):
-        _pgemm_pack(&wp[0], &w[0, 0], M, K, K, r0, r0 + CNN_PGEMM_ROWS)
+        _pgemm_pack(&wp[0], &w[0, 0], M, K, K, r0, r0 + CNN_PGEMM_ROWS, 1)
 
 
 def pgemm(int isa, const floating[::1] wp,   # IN  pack(W) of W (M, ks), from column k0 on
           Py_ssize_t ks,
           const floating[:, ::1] B,          # IN  (K, >= N)
           const floating[::1] bias,          # IN  (M,) or (0,) for none
-          floating[:, ::1] C,                # OUT (M, >= N)
-          Py_ssize_t N):
-    """``C[:, :N] = W[:, k0:k0+K] @ B[:, :N] (+ bias)`` by the packed GEMM of ISA level
-    ``isa`` (at most ISA), for the tests: the convolutions call it at the machine's level."""
+          floating[:, ::1] C,                # OUT (M, >= N) (IN/OUT if add)
+          Py_ssize_t N, bint add=False):
+    """``C[:, :N] = W[:, k0:k0+K] @ B[:, :N] (+ bias)`` (``+=`` if ``add``) by the packed
+    GEMM of ISA level ``isa`` (at most ISA), for the tests: the kernels call it at the
+    machine's level."""
     cdef Py_ssize_t M = C.shape[0], K = B.shape[0]
     cdef Py_ssize_t n_blocks = cnn_pgemm_rows(M) // CNN_PGEMM_OB
     if not 0 <= isa <= _ISA:
@@ -114,7 +116,7 @@ def pgemm(int isa, const floating[::1] wp,   # IN  pack(W) of W (M, ks), from co
     with nogil:
         if floating is float:
             cnn_pgemm_f(isa, M, N, K, &wp[0], ks, &B[0, 0], B.shape[1],
-                        &bias[0] if bias.shape[0] else NULL, &C[0, 0], C.shape[1])
+                        &bias[0] if bias.shape[0] else NULL, add, &C[0, 0], C.shape[1])
         else:
             cnn_pgemm_d(isa, M, N, K, &wp[0], ks, &B[0, 0], B.shape[1],
-                        &bias[0] if bias.shape[0] else NULL, &C[0, 0], C.shape[1])
+                        &bias[0] if bias.shape[0] else NULL, add, &C[0, 0], C.shape[1])

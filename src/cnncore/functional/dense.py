@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._checks import check_blas_size, check_given, check_int, check_ndim, check_shape, float_arrays
+from .._kernels import _blas
 from .._kernels import activations as _act
 from .._kernels import dense as _dense
 from ._common import _one_blas_thread, _threads
@@ -58,13 +59,48 @@ def linear_backward(grad_out, x, weight, n_threads=None):
     check_given(where, "grad_out", grad_out)
     x, weight, _, grad_out = _linear_inputs(where, x, weight, grad_out=grad_out)
     grad_x = np.empty_like(x)
-    grad_weight = np.zeros_like(weight)
-    grad_bias = np.zeros(weight.shape[0], dtype=x.dtype)
-    if x.shape[0]:
-        with _one_blas_thread():
-            _dense.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
-                                   _linear_threads(n_threads, where, x, weight))
+    if not x.shape[0]:
+        return grad_x, np.zeros_like(weight), np.zeros(weight.shape[0], dtype=x.dtype)
+    grad_weight = np.empty_like(weight)  # every element written by the kernel
+    grad_bias = np.empty(weight.shape[0], dtype=x.dtype)
+    with _one_blas_thread():
+        _dense.linear_backward(grad_out, x, weight, grad_x, grad_weight, grad_bias,
+                               _linear_threads(n_threads, where, x, weight), False,
+                               _packed_weight_grad(x))
     return grad_x, grad_weight, grad_bias
+
+
+def _packed_weight_grad(x):
+    """The weight gradient of a small batch by the packed GEMM (see
+    _kernels/dense.pyx, _grad_weight_block) where it runs (_blas.PACKED)."""
+    return _blas.PACKED and x.shape[0] <= _dense.MAX_PACKED_BATCH
+
+
+def linear_backward_into(grad_out, x, weight, grad_weight, grad_bias=None, n_threads=None):
+    """:func:`linear_backward` that adds the weight and bias gradients into
+    ``grad_weight`` and ``grad_bias`` (a layer's accumulated gradients: no separate pass
+    over them) and returns ``grad_x``. ``grad_bias`` None: not computed."""
+    where = "linear_backward"
+    check_given(where, "grad_out", grad_out)
+    x, weight, _, grad_out = _linear_inputs(where, x, weight, grad_out=grad_out)
+    if not all(a is None or (isinstance(a, np.ndarray) and a.dtype == x.dtype
+                             and a.shape == shape and a.flags.c_contiguous
+                             and a.flags.writeable)
+               for a, shape in ((grad_weight, weight.shape), (grad_bias, weight.shape[:1]))):
+        # not arrays the kernel can add into (a gradient the user replaced): add as NumPy does
+        grad_x, gw, gb = linear_backward(grad_out, x, weight, n_threads)
+        grad_weight += gw
+        if grad_bias is not None:
+            grad_bias += gb
+        return grad_x
+    grad_x = np.empty_like(x)
+    if x.shape[0]:
+        db = grad_bias if grad_bias is not None else np.zeros(weight.shape[0], dtype=x.dtype)
+        with _one_blas_thread():
+            _dense.linear_backward(grad_out, x, weight, grad_x, grad_weight, db,
+                                   _linear_threads(n_threads, where, x, weight), True,
+                                   _packed_weight_grad(x))
+    return grad_x
 
 
 def softmax(x, axis=-1, n_threads=None):
