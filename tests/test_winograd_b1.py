@@ -323,10 +323,25 @@ FEW_OUT_CASES = [
 
 
 @pytest.mark.parametrize("c_in,c_out,h,expected", FEW_OUT_CASES)
-def test_planner_few_output_channels(c_in, c_out, h, expected):
+def test_planner_few_output_channels(c_in, c_out, h, expected, monkeypatch):
+    monkeypatch.setattr(F.planner._blas, "PACKED", False)  # BLAS products everywhere
     geo = _conv_geometry("test", (64, c_in, h, h), (c_out, c_in, 3, 3), 1, 1, 1, 1)
     assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, n=64) == expected
     assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, backward=True, n=64) == expected
+
+
+@pytest.mark.parametrize("c_in,c_out,h,forward", [
+    (48, 12, 32, "winograd"),
+    (48, 12, 16, "im2col"),   # im2col's packed GEMM beats Winograd here (forward only)
+    (64, 12, 16, "im2col"),
+    (24, 12, 32, "winograd"),
+])
+def test_planner_few_output_channels_with_the_packed_gemm(c_in, c_out, h, forward,
+                                                          monkeypatch):
+    monkeypatch.setattr(F.planner._blas, "PACKED", True)
+    geo = _conv_geometry("test", (64, c_in, h, h), (c_out, c_in, 3, 3), 1, 1, 1, 1)
+    assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, n=64) == forward
+    assert F.planner.conv_algorithm(geo, c_in, c_out, 3, 3, backward=True, n=64) == "winograd"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -336,7 +351,7 @@ def test_few_output_channels_match_reference(dtype, rng, monkeypatch):
     original = F.conv._winograd_conv
     monkeypatch.setattr(F.conv, "_winograd_conv",
                         lambda *a, **k: calls.append(a[1].shape) or original(*a, **k))
-    x, w, b = make_conv2d_inputs(_cfg(2, 48, 12, 16, 16, 3, padding=1), dtype, rng)
+    x, w, b = make_conv2d_inputs(_cfg(2, 48, 12, 32, 32, 3, padding=1), dtype, rng)
     y = F.conv2d(x, w, b, padding=1, n_threads=2)
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx, gw, gb = F.conv2d_backward(gy, x, w, padding=1, n_threads=2)

@@ -70,6 +70,11 @@ _WINOGRAD_MIN_TILES = 64
 # (C_in, tiles per sample) pairs in _WINOGRAD_FEW_OUT_RULES.
 _WINOGRAD_FEW_OUT = 8
 _WINOGRAD_FEW_OUT_RULES = ((24, 256), (48, 64))
+# The forward pass where im2col runs on the packed GEMM (_blas.PACKED) keeps the 32x32 rule
+# only: forward, 2 threads, Winograd / im2col time: 48 -> 12 at 16x16 1.04 (batch 64), 1.21
+# (batch 16); 64 -> 12 at 16x16 1.32; 48 -> 12 at 32x32 0.93 (batch 64), 0.96 (batch 16);
+# DenseNet-121 CIFAR inference at batch 16: 0.91-0.96x the time with this rule.
+_WINOGRAD_FEW_OUT_RULES_PACKED = ((24, 256),)
 _WINOGRAD_MIN_TILES_DW = 256  # the weight gradient's GEMMs reduce over the tiles
 # ... and enough 2x2 output tiles in the whole batch (N * ceil(Ho/2) * ceil(Wo/2)): with
 # few tiles its 16 GEMMs are matrix-vector products that read U (16 * C_out * C_in, 16/9
@@ -149,25 +154,27 @@ def transposed_dw_cols(k_g, p, pointwise):
 
 
 
-def _winograd_channels(c_in, c_out, min_channels, tiles):
+def _winograd_channels(c_in, c_out, min_channels, tiles, rules):
     """Enough channels for Winograd: ``min_channels`` in and out, or few outputs
     (_WINOGRAD_FEW_OUT <= C_out < min_channels) with enough inputs for the map's ``tiles``
-    2x2 output tiles per sample (see _WINOGRAD_FEW_OUT_RULES)."""
+    2x2 output tiles per sample (``rules``: see _WINOGRAD_FEW_OUT_RULES)."""
     if min(c_in, c_out) >= min_channels:
         return True
     return c_out >= _WINOGRAD_FEW_OUT and any(
-        c_in >= need_in and tiles >= need_tiles for need_in, need_tiles in _WINOGRAD_FEW_OUT_RULES)
+        c_in >= need_in and tiles >= need_tiles for need_in, need_tiles in rules)
 
 
-def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0):
+def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0,
+                 rules=_WINOGRAD_FEW_OUT_RULES):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
     padding <= 2 (the input gradient is then a 3x3 convolution with padding 2 - p), at
-    least ``min_channels`` in and out (or few outputs on a large map, _winograd_channels)
-    and, unless ``n`` is None, ``min_tiles`` 2x2 output tiles in a batch of ``n``."""
+    least ``min_channels`` in and out (or few outputs on a large map, _winograd_channels
+    with ``rules``) and, unless ``n`` is None, ``min_tiles`` 2x2 output tiles in a batch of
+    ``n``."""
     tiles = ((geo.out_hw[0] + 1) // 2) * ((geo.out_hw[1] + 1) // 2)
     return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and geo.groups == 1 and max(geo.padding) <= 2
-            and _winograd_channels(c_in, c_out, min_channels, tiles)
+            and _winograd_channels(c_in, c_out, min_channels, tiles, rules)
             and (n is None or n * tiles >= min_tiles))
 
 
@@ -290,7 +297,9 @@ def conv_algorithm(geo, c_in, c_out, kh, kw, backward=False, n=None, kept=False,
     if ((kept and not backward or n is None or n >= _DENSE_MIN_BATCH)
             and use_dense(geo, c_in, c_out, kh, kw, itemsize)):
         return "dense"
-    if use_winograd(geo, c_in, c_out, kh, kw, min_channels, n, min_tiles):
+    rules = (_WINOGRAD_FEW_OUT_RULES_PACKED if _blas.PACKED and not backward
+             else _WINOGRAD_FEW_OUT_RULES)
+    if use_winograd(geo, c_in, c_out, kh, kw, min_channels, n, min_tiles, rules):
         return "winograd"
     return "pointwise" if is_pointwise(geo, kh, kw) else "im2col"
 
