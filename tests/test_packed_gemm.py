@@ -433,3 +433,45 @@ def test_linear_kernel_rejects_packed_for_large_batches(rng):
     with pytest.raises(ValueError, match="packed needs a batch"):
         F.dense._dense.linear_backward(dy, x, w, np.zeros_like(x), np.zeros_like(w),
                                        np.zeros(3), 1, False, True)
+
+
+@needs_packed
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [pytest.param(c, id=n) for n, c in GROUPED_CASES.items()])
+def test_grouped_input_gradient_matches_reference(case, dtype, rng, monkeypatch):
+    """Small output maps: the input gradient over groups of samples on the packed GEMM
+    (col = W^T @ dy, then col2im), the weight gradient as before."""
+    cfg, group = case
+    calls = []
+    original = F.conv._conv.conv2d_input_grad_grouped
+
+    def spy(*args):
+        calls.append(args[-2])
+        return original(*args)
+    monkeypatch.setattr(F.conv._conv, "conv2d_input_grad_grouped", spy)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 6)
+    monkeypatch.setattr(F.planner, "_DENSE_MAX_BYTES", 0)
+    x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
+    y = R.conv2d(x, w, **hyper(cfg))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    results = [F.conv2d_backward(gy, x, w, **hyper(cfg), n_threads=t) for t in (1, 2, 3)]
+    assert calls == [group] * 3
+    for threads, r in zip((2, 3), results[1:]):
+        for a, e in zip(r, results[0]):
+            np.testing.assert_array_equal(a, e, err_msg=f"at {threads} threads")
+    ex, ew, eb = R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg))
+    assert_close(results[0][0], ex, dtype, "grad_x")
+    assert_close(results[0][1], ew, dtype, "grad_weight")
+    gx, gw, _ = F.conv2d_backward(gy, x, w, **hyper(cfg), need_grad_x=False)
+    assert gx is None and len(calls) == 3
+    np.testing.assert_array_equal(gw, results[0][1])
+
+
+def test_pack_takes_strided_matrices(rng):
+    w = rng.standard_normal((9, 7))
+    wp = np.empty(B.packed_rows(7) * 9)
+    B.pack(w.T, wp, 1)  # (7, 9) view, strides (8, 56) bytes
+    np.testing.assert_array_equal(wp, pack(np.ascontiguousarray(w.T)))
+    with pytest.raises(ValueError, match="positive strides"):
+        B.pack(w[::-1], np.empty(B.packed_rows(9) * 7), 1)

@@ -83,18 +83,22 @@ def packed_rows(Py_ssize_t M):
     return cnn_pgemm_rows(M)
 
 
-def pack(const floating[:, ::1] w,   # IN  (M, K)
+def pack(const floating[:, :] w,     # IN  (M, K), any positive strides (w.T too)
          floating[::1] wp,           # OUT (packed_rows(M) * K,)
          int n_threads):
     """The packed copy of ``w`` for the packed GEMM (blocks of 6 rows, k-major)."""
     cdef Py_ssize_t M = w.shape[0], K = w.shape[1], R = cnn_pgemm_rows(M), r0
+    cdef Py_ssize_t ldw = w.strides[0] // sizeof(floating), sk = w.strides[1] // sizeof(floating)
     if wp.shape[0] != R * K:
         raise ValueError(f"pack: wp must have {R * K} elements, got {wp.shape[0]}")
+    if w.strides[0] <= 0 or w.strides[1] <= 0 or w.strides[0] % sizeof(floating) \
+            or w.strides[1] % sizeof(floating):
+        raise ValueError("pack: w must have positive strides, whole elements apart")
     if K == 0:
         return
     for r0 in prange(0, R, CNN_PGEMM_ROWS, nogil=True, schedule='static',
                      num_threads=n_threads):
-        _pgemm_pack(&wp[0], &w[0, 0], M, K, K, r0, r0 + CNN_PGEMM_ROWS, 1)
+        _pgemm_pack(&wp[0], &w[0, 0], M, K, ldw, r0, r0 + CNN_PGEMM_ROWS, sk)
 
 
 def pgemm(int isa, const floating[::1] wp,   # IN  pack(W) of W (M, ks), from column k0 on

@@ -194,12 +194,13 @@ cdef inline void _im2col_t_edge(const floating* src, Py_ssize_t W, Py_ssize_t kw
 
 cdef void _col2im_add(const Geometry* g, const floating* col,                   # IN
                       Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
-                      floating* dx) noexcept nogil:                             # IN/OUT
-    """Adjoint of _im2col for channels [c0, c1) of a group and output rows [r0, r1): every
-    column entry is added to the pixel of ``dx`` (the group's channel 0) it was read from
-    (per (c, i, j) block, its rectangle of outputs that read inside the image)."""
+                      floating* dx, Py_ssize_t ld=0) noexcept nogil:            # IN/OUT
+    """Adjoint of _im2col for channels [c0, c1) of a group and output rows [r0, r1) (rows
+    of ``col`` ``ld`` apart; 0: contiguous): every column entry is added to the pixel of
+    ``dx`` (the group's channel 0) it was read from (per (c, i, j) block, its rectangle of
+    outputs that read inside the image)."""
     cdef Py_ssize_t c, i, j, off_h, off_w, oh_lo, oh_hi, lo, hi
-    cdef Py_ssize_t L = (r1 - r0) * g.Wo
+    cdef Py_ssize_t L = (r1 - r0) * g.Wo if ld == 0 else ld
     for c in range(c0, c1):
         for i in range(g.kh):
             off_h = _tap_rows(g, i, r0, r1, &oh_lo, &oh_hi)
@@ -397,6 +398,49 @@ def conv2d_forward_grouped(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 for o in range(g.C_out):
                     memcpy(&y[n0 + s, o, 0, 0], out + o * ns * g.P + s * g.P,
                            g.P * sizeof(floating))
+
+
+def conv2d_input_grad_grouped(const floating[:, :, :, ::1] dy,  # IN  (N, C_out, Ho, Wo)
+                              const floating[::1] wpt,           # IN  _blas.pack(w.T): (K, C_out)
+                              floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
+                              floating[:, ::1] work,  # scratch (n_threads, >= (C_out + K)*sg*P)
+                              int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                              Py_ssize_t sg, int n_threads):
+    """Input gradient of an ungrouped convolution on small output maps (P = Ho*Wo pixels)
+    by the packed GEMM over groups of ``sg`` samples, as conv2d_forward_grouped: per task,
+    the output gradients of its samples side by side (``C_out x sg*P``), one product
+    ``col = W^T @ dy`` (``K x sg*P``), then each sample's columns added back by col2im into
+    its own zeroed dx. A sample is one task's: results do not depend on the thread count."""
+    cdef Geometry g = _geometry(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
+                                dy.shape[1], dx.shape[1], kh, kw, dy.shape[2], dy.shape[3],
+                                sh, sw, ph, pw, dh, dw, 1, dy.shape[2])
+    cdef Py_ssize_t n_groups = (g.N + sg - 1) // sg, L = sg * g.P
+    if sg < 1 or wpt.shape[0] != packed_rows(g.Kg) * g.C_out or dy.shape[0] != g.N:
+        raise ValueError(f"conv2d_input_grad_grouped: sg={sg}, wpt of {wpt.shape[0]} "
+                         f"elements (expected {packed_rows(g.Kg) * g.C_out})")
+    if work.shape[1] < (g.Kg + g.C_out) * L:
+        raise ValueError(f"conv2d_input_grad_grouped: work rows of {work.shape[1]} "
+                         f"elements, need {(g.Kg + g.C_out) * L}")
+    cdef Py_ssize_t task, s, o, n0, ns, tid
+    cdef floating* dyg
+    cdef floating* col
+    with nogil, parallel(num_threads=n_threads):
+        tid = threadid()
+        dyg = &work[tid, 0]
+        col = dyg + g.C_out * L
+        for task in prange(n_groups, schedule='static'):
+            n0 = task * sg
+            ns = g.N - n0 if g.N - n0 < sg else sg
+            for s in range(ns):
+                for o in range(g.C_out):
+                    memcpy(dyg + o * ns * g.P + s * g.P, &dy[n0 + s, o, 0, 0],
+                           g.P * sizeof(floating))
+            _pgemm(g.Kg, ns * g.P, g.C_out, &wpt[0], g.C_out, dyg, ns * g.P, NULL, col,
+                   ns * g.P)
+            for s in range(ns):
+                memset(&dx[n0 + s, 0, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
+                _col2im_add(&g, col + s * g.P, 0, g.C, 0, g.Ho, &dx[n0 + s, 0, 0, 0],
+                            ns * g.P)
 
 
 cdef void _input_grad_tile(const Geometry* g, const floating* dy, const floating* w,  # IN

@@ -491,6 +491,15 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         _conv_direct.backward(grad_out, x, weight, dx, grad_weight,
                               *geo.kernel_args()[:-1], need_grad_x, n_threads)
         return grad_x, grad_weight, grad_bias
+    group = planner.sample_group(n, geo, c_out, k_g, x.itemsize, kept=False)
+    if need_grad_x and group:  # small maps: dx over groups of samples on the packed GEMM
+        wpt = _scratch_array("conv_packed_t", (_blas.packed_rows(k_g) * c_out,), x.dtype)
+        _blas.pack(weight.reshape(c_out, k_g).T, wpt, n_threads)
+        work = _work(n_threads, (k_g + c_out) * group * p, x.dtype)
+        _conv.conv2d_input_grad_grouped(grad_out, wpt, grad_x, work, kh, kw,
+                                        *geo.kernel_args()[:-1], group,
+                                        min(n_threads, -(-n // group)))
+        need_grad_x = False
     # With one part, dw_part[0] is the result handed to the caller: not a scratch buffer.
     dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_parts == 1 else
                _scratch_array("dw_chunks", (n_parts, c_out, k_g), x.dtype))
