@@ -444,16 +444,27 @@ def conv2d_input_grad_grouped(const floating[:, :, :, ::1] dy,  # IN  (N, C_out,
 
 
 cdef void _input_grad_tile(const Geometry* g, const floating* dy, const floating* w,  # IN
+                           const floating* wpt,                                       # IN
                            Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t r0, Py_ssize_t r1,
                            floating* dx, floating* col) noexcept nogil:               # OUT
     """Channels [c0, c1) of every group of one sample's dx get the contribution of output
     rows [r0, r1): ``col (kb x L) = w_g[:, k0:k1]^T @ dy_g[:, rows]`` (``k0 = c0*kh*kw``),
     added into dx by col2im (a 1x1 stride-1 kernel: written straight into dx, whose pixels
-    are then the tile's own)."""
+    are then the tile's own). With ``wpt`` (the packed w^T of an ungrouped convolution, or
+    NULL), at least _PACKED_MIN_COLS columns and k0 on a packed block, by the packed GEMM."""
     cdef Py_ssize_t grp
     cdef Py_ssize_t L = (r1 - r0) * g.Wo, k0 = c0 * g.kh * g.kw
     cdef Py_ssize_t kb = (c1 - c0) * g.kh * g.kw
     cdef const floating* dys
+    if wpt != NULL and L >= _PACKED_MIN_COLS and k0 % CNN_PGEMM_OB == 0:
+        dys = dy + r0 * g.Wo
+        if g.pointwise:
+            _pgemm(kb, L, g.C_out, wpt + k0 * g.C_out, g.C_out, dys, g.P, NULL,
+                   dx + c0 * g.P + r0 * g.Wo, g.P)
+        else:
+            _pgemm(kb, L, g.C_out, wpt + k0 * g.C_out, g.C_out, dys, g.P, NULL, col, L)
+            _col2im_add(g, col, c0, c1, r0, r1, dx)
+        return
     for grp in range(g.groups):
         dys = dy + grp * g.og * g.P + r0 * g.Wo
         if g.pointwise:
@@ -520,8 +531,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
                     floating[:, ::1] work,              # scratch (n_threads, >= Kg*rows*Wo)
                     int sh, int sw, int ph, int pw, int dh, int dw, int groups,
                     Py_ssize_t rows, Py_ssize_t n_kblocks, Py_ssize_t dx_blocks,
-                    bint need_dx, bint dw_t, int n_threads):
-    """Input gradient into ``dx`` and per-part weight gradients into ``dw_part``.
+                    bint need_dx, bint dw_t, int n_threads,
+                    const floating[::1] wpt=None):     # IN  _blas.pack(w.T) or None
+    """Input gradient into ``dx`` and per-part weight gradients into ``dw_part``; with
+    ``wpt`` (ungrouped convolutions), the input gradient's products of at least
+    _blas.PACKED_MIN_COLS columns on the packed GEMM.
 
     ``dw_t`` builds the weight gradient's column blocks transposed, (L x Kg) instead of
     (Kg x L). Both give the same gradient up to rounding; which is faster depends on the
@@ -546,6 +560,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
     g.CB = dx_blocks
     cdef Py_ssize_t task, part, b, n, q, m, per, tid = 0, r0 = 0, r1 = 0
     cdef floating* col = NULL
+    cdef const floating* wptp = NULL
+    if wpt is not None:
+        if groups != 1 or wpt.shape[0] != packed_rows(g.Kg) * g.C_out:
+            raise ValueError(f"conv2d_backward: wpt must be the packed w.T of an ungrouped "
+                             f"convolution ({packed_rows(g.Kg) * g.C_out} elements), got "
+                             f"{wpt.shape[0]} elements, groups={groups}")
+        wptp = &wpt[0]
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         col = &work[tid, 0]
@@ -571,7 +592,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
                 b = task % g.CB
                 r0 = _tile_start(&g, q + ((task // g.CB) % per) * m)
                 r1 = _tile_stop(&g, q + ((task // g.CB) % per) * m)
-                _input_grad_tile(&g, &dy[n, 0, 0, 0], &w[0, 0, 0, 0], b * g.Cg // g.CB,
+                _input_grad_tile(&g, &dy[n, 0, 0, 0], &w[0, 0, 0, 0], wptp, b * g.Cg // g.CB,
                                  (b + 1) * g.Cg // g.CB, r0, r1, &dx[n, 0, 0, 0], col)
 
 

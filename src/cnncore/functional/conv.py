@@ -492,14 +492,17 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
                               *geo.kernel_args()[:-1], need_grad_x, n_threads)
         return grad_x, grad_weight, grad_bias
     group = planner.sample_group(n, geo, c_out, k_g, x.itemsize, kept=False)
-    if need_grad_x and group:  # small maps: dx over groups of samples on the packed GEMM
+    wpt = None  # w^T packed for the input gradient's products
+    if need_grad_x and geo.groups == 1 and (group or planner.packed_gemm(
+            n, rows * geo.out_hw[1], p, kept=False)):
         wpt = _scratch_array("conv_packed_t", (_blas.packed_rows(k_g) * c_out,), x.dtype)
         _blas.pack(weight.reshape(c_out, k_g).T, wpt, n_threads)
+    if need_grad_x and group:  # small maps: dx over groups of samples on the packed GEMM
         work = _work(n_threads, (k_g + c_out) * group * p, x.dtype)
         _conv.conv2d_input_grad_grouped(grad_out, wpt, grad_x, work, kh, kw,
                                         *geo.kernel_args()[:-1], group,
                                         min(n_threads, -(-n // group)))
-        need_grad_x = False
+        need_grad_x, wpt = False, None
     # With one part, dw_part[0] is the result handed to the caller: not a scratch buffer.
     dw_part = (np.empty((1, c_out, k_g), dtype=x.dtype) if n_parts == 1 else
                _scratch_array("dw_chunks", (n_parts, c_out, k_g), x.dtype))
@@ -508,7 +511,7 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     work = _work(n_threads, 0 if pointwise else k_g * rows * geo.out_hw[1], x.dtype)
     with _one_blas_thread():
         _conv.conv2d_backward(grad_out, x, weight, dx, dw_part, work, *geo.kernel_args(),
-                              rows, n_kblocks, dx_blocks, need_grad_x, dw_t, n_threads)
+                              rows, n_kblocks, dx_blocks, need_grad_x, dw_t, n_threads, wpt)
     if n_parts == 1:
         grad_weight = dw_part[0]
     else:
