@@ -503,3 +503,29 @@ def test_input_gradient_with_packed_products_matches_reference(cfg, dtype, rng, 
     ex, ew, _ = R.conv2d_backward(*as_float64(gy, x, w), **hyper(cfg))
     assert_close(results[0][0], ex, dtype, "grad_x")
     assert_close(results[0][1], ew, dtype, "grad_weight")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("o,c", [(7, 5), (24, 30), (1, 13)])
+def test_pack_weights_for_input_grad_is_the_packed_transposed_transform(o, c, dtype, rng):
+    u = rng.standard_normal((16, o, c)).astype(dtype)
+    ut = np.empty((16, c, o), dtype)
+    W.transform_for_input_grad(u, ut, 2)
+    up = np.full((16, B.packed_rows(c) * o), np.nan, dtype)
+    W.pack_weights_for_input_grad(u, up, 2)
+    for xi in range(16):
+        np.testing.assert_array_equal(up[xi], pack(ut[xi]))
+    with pytest.raises(ValueError, match="Up must be"):
+        W.pack_weights_for_input_grad(u, up[:, 1:].copy(), 1)
+
+
+def test_winograd_forward_without_u_needs_packed_full_blocks(rng):
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)  # 16 tiles a sample
+    y = np.empty((3, 5, 8, 8), np.float32)
+    none = np.empty(0, np.float32)
+    work = np.zeros((1, W.work_size(4, 5, 8, 8, 3, False)), np.float32)
+    up = np.zeros((16, B.packed_rows(5) * 4), np.float32)
+    with pytest.raises(ValueError, match="without U"):  # last block: 1 sample, 16 tiles
+        W.forward(x, np.empty((0, 0, 0), np.float32), none, y, work, none, 1, 1, 3, 1, Up=up)
+    with pytest.raises(ValueError, match="without U"):
+        W.forward(x, np.empty((0, 0, 0), np.float32), none, y, work, none, 1, 1, 3, 1)

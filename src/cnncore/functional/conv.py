@@ -216,18 +216,20 @@ def _winograd_scratch(tasks, c, c_out, out_hw, nb, n_threads, dtype):
 
 
 def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, token=None,
-                   u=None):
+                   u=None, up=None):
     """3x3 stride-1 convolution by Winograd F(2x2, 3x3) (see _kernels/winograd.pyx), with
     the transformed weights ``u`` if given (then only ``weight.shape`` is read), else those
-    of ``weight`` (kept in ``cache`` under ``token`` if given, see WinogradWeights)."""
+    of ``weight`` (kept in ``cache`` under ``token`` if given, see WinogradWeights); or
+    with their packed copy ``up`` alone (every block of the packed GEMM's width)."""
     n, c = x.shape[:2]
     c_out = weight.shape[0]
-    if u is None:
-        u = _winograd_u(weight, n_threads, cache, token)
     nb = planner.winograd_block(n, out_hw, planner._WINOGRAD_MIN_TILES)
-    up = None
+    if up is not None:
+        u = np.empty((0, 0, 0), dtype=x.dtype)
+    elif u is None:
+        u = _winograd_u(weight, n_threads, cache, token)
     tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
-    if planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None):
+    if up is None and planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None):
         up = _winograd_up(weight, u, n_threads, cache, token)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     work, shared = _winograd_scratch(-(-n // nb), c, c_out, out_hw, nb, n_threads, x.dtype)
@@ -264,11 +266,23 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
         return None, grad_weight
     # dx = full correlation of dy with the flipped kernel, channels swapped: a 3x3
     # stride-1 convolution with padding 2 - p, whose output has the size of x.
-    # Its transformed weights come from U (_winograd_u_dx); positional arguments only, as
-    # the tests' spies on _winograd_conv expect.
-    grad_x = _winograd_conv(grad_out, weight.transpose(1, 0, 2, 3), None, x.shape[2:],
-                            (2 - padding[0], 2 - padding[1]), n_threads, None, None,
-                            _winograd_u_dx(weight, n_threads, cache, token))
+    # Its transformed weights come from U (_winograd_u_dx), or, when every block of the
+    # per-call products is packed, their packed copy straight from U; positional
+    # arguments only, as the tests' spies on _winograd_conv expect.
+    pad_dx = (2 - padding[0], 2 - padding[1])
+    w_dx = weight.transpose(1, 0, 2, 3)
+    nb_dx = planner.winograd_block(n, x.shape[2:], planner._WINOGRAD_MIN_TILES)
+    tiles = ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
+    last = n - (n - 1) // nb_dx * nb_dx
+    if cache is None and planner.packed_gemm(n, min(nb_dx, last) * tiles, tiles, kept=False):
+        up_dx = _scratch_array("winograd_up", (16, _blas.packed_rows(c) * c_out), x.dtype)
+        _winograd.pack_weights_for_input_grad(_winograd_u(weight, n_threads, None, None),
+                                              up_dx, n_threads)
+        grad_x = _winograd_conv(grad_out, w_dx, None, x.shape[2:], pad_dx, n_threads, None,
+                                None, None, up_dx)
+    else:
+        grad_x = _winograd_conv(grad_out, w_dx, None, x.shape[2:], pad_dx, n_threads, None,
+                                None, _winograd_u_dx(weight, n_threads, cache, token))
     return grad_x, grad_weight
 
 
