@@ -120,6 +120,8 @@ def test_planner_rule(monkeypatch):
     assert p.packed_gemm(32, 64, 4, kept=False)       # 128
     assert p.packed_gemm(2, 64, 64, kept=False)
     assert not p.packed_gemm(1, 64, 64, kept=False)
+    assert p.packed_gemm(2, 64, 64, kept=False, macs=p._PACK_MIN_MACS)
+    assert not p.packed_gemm(2, 64, 64, kept=False, macs=p._PACK_MIN_MACS - 1)  # BLAS
     monkeypatch.setattr(B, "PACKED", False)
     assert not p.packed_gemm(64, 1024, 1024, kept=True)
 
@@ -137,6 +139,7 @@ def packed_calls(monkeypatch):
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 1)
     monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
     any_tile_count(monkeypatch)
     return calls
 
@@ -219,6 +222,7 @@ def im2col_packed_calls(monkeypatch):
         return original(*args)
     monkeypatch.setattr(F.conv._conv, "conv2d_forward", spy)
     monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
     return calls
 
 
@@ -282,6 +286,7 @@ def grouped_calls(monkeypatch):
         return original(*args)
     monkeypatch.setattr(F.conv._conv, "conv2d_forward_grouped", spy)
     monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS", 10 ** 6)
     monkeypatch.setattr(F.planner, "_DENSE_MAX_BYTES", 0)
     return calls
@@ -450,6 +455,7 @@ def test_grouped_input_gradient_matches_reference(case, dtype, rng, monkeypatch)
         return original(*args)
     monkeypatch.setattr(F.conv._conv, "conv2d_input_grad_grouped", spy)
     monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 6)
     monkeypatch.setattr(F.planner, "_DENSE_MAX_BYTES", 0)
     x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
@@ -492,6 +498,7 @@ def test_input_gradient_with_packed_products_matches_reference(cfg, dtype, rng, 
         return original(*args)
     monkeypatch.setattr(F.conv._conv, "conv2d_backward", spy)
     monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 6)
     x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
     gy = rng.standard_normal(R.conv2d(x, w, **hyper(cfg)).shape).astype(dtype)

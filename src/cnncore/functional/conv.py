@@ -192,13 +192,23 @@ def _winograd_u_dx(weight, n_threads, cache, token):
     return make() if cache is None else cache.get("u_dx", token, weight, make)
 
 
+def _pack_threads(packed, n_threads):
+    """Threads for packing weights into ``packed``: one below _PACK_ONE_THREAD_BYTES (a
+    parallel region cost more than LeNet's 16 x 150 weights: its conv2 forward at batch 8
+    took 1.46x the time of BLAS's, 1.0x packed on one thread)."""
+    return 1 if packed.nbytes < _PACK_ONE_THREAD_BYTES else n_threads
+
+
+_PACK_ONE_THREAD_BYTES = 1 << 18
+
+
 def _winograd_up(weight, u, n_threads, cache, token):
     """The packed copy of ``u`` (_winograd.pack_weights) for the packed-weight GEMM: kept
     by ``cache`` if given, else in scratch."""
     def make(new=np.empty if cache is not None else None):
         shape = (16, _blas.packed_rows(u.shape[1]) * u.shape[2])
         up = new(shape, u.dtype) if new else _scratch_array("winograd_up", shape, u.dtype)
-        _winograd.pack_weights(u, up, n_threads)
+        _winograd.pack_weights(u, up, _pack_threads(up, n_threads))
         return up
     return make() if cache is None else cache.get("up", token, weight, make)
 
@@ -229,7 +239,8 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, toke
     elif u is None:
         u = _winograd_u(weight, n_threads, cache, token)
     tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
-    if up is None and planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None):
+    if up is None and planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None,
+                                          macs=c_out * c * nb * tiles):
         up = _winograd_up(weight, u, n_threads, cache, token)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     work, shared = _winograd_scratch(-(-n // nb), c, c_out, out_hw, nb, n_threads, x.dtype)
@@ -274,10 +285,11 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     nb_dx = planner.winograd_block(n, x.shape[2:], planner._WINOGRAD_MIN_TILES)
     tiles = ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
     last = n - (n - 1) // nb_dx * nb_dx
-    if cache is None and planner.packed_gemm(n, min(nb_dx, last) * tiles, tiles, kept=False):
+    if cache is None and planner.packed_gemm(n, min(nb_dx, last) * tiles, tiles, kept=False,
+                                             macs=c * c_out * nb_dx * tiles):
         up_dx = _scratch_array("winograd_up", (16, _blas.packed_rows(c) * c_out), x.dtype)
         _winograd.pack_weights_for_input_grad(_winograd_u(weight, n_threads, None, None),
-                                              up_dx, n_threads)
+                                              up_dx, _pack_threads(up_dx, n_threads))
         grad_x = _winograd_conv(grad_out, w_dx, None, x.shape[2:], pad_dx, n_threads, None,
                                 None, None, up_dx)
     else:
@@ -406,7 +418,8 @@ def _conv_forward(where, x, weight, bias, stride, padding, dilation, groups, n_t
     m_blocks = 1
     if geo.groups == 1 and planner.packed_gemm(n, rows * geo.out_hw[1],
                                                geo.out_hw[0] * geo.out_hw[1],
-                                               kept=cache is not None):
+                                               kept=cache is not None,
+                                               macs=c_out * cg * kh * kw * rows * geo.out_hw[1]):
         wp = _packed_weights(weight, n_threads, cache, token)
         if algorithm == "pointwise":  # blocks of output channels, not of input channels
             m_blocks, k_parts = planner.pointwise_out_blocks(k_parts, c_out), 1
@@ -426,7 +439,7 @@ def _packed_weights(weight, n_threads, cache, token):
         size = (_blas.packed_rows(weight.shape[0]) * weight[0].size,)
         wp = new(size, weight.dtype) if new else _scratch_array("conv_packed", size,
                                                                 weight.dtype)
-        _blas.pack(weight.reshape(weight.shape[0], -1), wp, n_threads)
+        _blas.pack(weight.reshape(weight.shape[0], -1), wp, _pack_threads(wp, n_threads))
         return wp
     return make() if cache is None else cache.get("packed", token, weight, make)
 
@@ -508,9 +521,9 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     group = planner.sample_group(n, geo, c_out, k_g, x.itemsize, kept=False)
     wpt = None  # w^T packed for the input gradient's products
     if need_grad_x and geo.groups == 1 and (group or planner.packed_gemm(
-            n, rows * geo.out_hw[1], p, kept=False)):
+            n, rows * geo.out_hw[1], p, kept=False, macs=k_g * c_out * rows * geo.out_hw[1])):
         wpt = _scratch_array("conv_packed_t", (_blas.packed_rows(k_g) * c_out,), x.dtype)
-        _blas.pack(weight.reshape(c_out, k_g).T, wpt, n_threads)
+        _blas.pack(weight.reshape(c_out, k_g).T, wpt, _pack_threads(wpt, n_threads))
     if need_grad_x and group:  # small maps: dx over groups of samples on the packed GEMM
         work = _work(n_threads, (k_g + c_out) * group * p, x.dtype)
         _conv.conv2d_input_grad_grouped(grad_out, wpt, grad_x, work, kh, kw,

@@ -140,6 +140,11 @@ _WINOGRAD_MIN_BATCH_TILES_BACKWARD = 64
 # 16 (64 tiles) 1.03; 256 -> 256 on 8x8 at batch 16 (256 tiles) 0.94; 64 -> 64 on 32x32
 # at batch 1 (256 tiles) 0.85; kept: 0.77, 0.86, 0.87.
 _PACK_MIN_COLS = 128
+# ... and small products stay with BLAS, whose small-matrix kernels skip packing: LeNet-5's
+# conv2 (16 x 150 weights, 100 columns: 240 000 multiply-adds) forward took 1.57x BLAS's time
+# on the packed GEMM, a 32 x 144 x 72 grouped product 1.2x; 12 x 432 x 256 (1.3 million)
+# took 0.5x.
+_PACK_MIN_MACS = 1 << 19
 
 
 def transposed_dw_cols(k_g, p, pointwise):
@@ -224,16 +229,18 @@ def winograd_block(n, out_hw, min_tiles):
     return min(n, -(-min_tiles // tiles))
 
 
-def packed_gemm(n, cols, per_sample, kept):
+def packed_gemm(n, cols, per_sample, kept, macs=None):
     """Whether the products of a convolution (batch ``n``, ``per_sample`` GEMM columns a
     sample: Winograd tiles or output pixels) whose GEMMs have ``cols`` columns (a block of
     samples' tiles, a tile of output rows) run on the packed-weight GEMM (cnncore_gemm.h;
     see _blas.PACKED): on machines where it beats BLAS, for products of at least
     _blas.PACKED_MIN_COLS columns, with the packed weights kept between calls (``kept``) or
-    enough columns in the batch to pay for packing them per call (_PACK_MIN_COLS). Shapes
-    only: never the thread count."""
+    enough columns in the batch to pay for packing them per call (_PACK_MIN_COLS), and
+    products of at least _PACK_MIN_MACS multiply-adds (``macs``: rows x depth x ``cols``;
+    None: not checked). Shapes only: never the thread count."""
     return (_blas.PACKED and cols >= _blas.PACKED_MIN_COLS
-            and (kept or n * per_sample >= _PACK_MIN_COLS))
+            and (kept or n * per_sample >= _PACK_MIN_COLS)
+            and (macs is None or macs >= _PACK_MIN_MACS))
 
 
 def pointwise_out_blocks(k_parts, c_out):
@@ -256,7 +263,7 @@ def sample_group(n, geo, c_out, k_g, itemsize, kept):
     if geo.groups != 1 or p >= _blas.PACKED_MIN_COLS:
         return 0
     group = -(-_blas.PACKED_MIN_COLS // p)
-    if not packed_gemm(n, min(n, group) * p, p, kept):
+    if not packed_gemm(n, min(n, group) * p, p, kept, c_out * k_g * group * p):
         return 0
     if (k_g + c_out) * group * p * itemsize > _TILE_BYTES * 4:
         return 0
