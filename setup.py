@@ -29,7 +29,7 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
 KERNELS = ["_openmp_helpers", "_blas", "conv", "conv_direct", "conv_rows", "winograd", "pool",
-           "activations", "dense", "_memory", "norm", "optim", "lrn", "conv_dense"]
+           "activations", "dense", "_memory", "norm", "optim", "lrn", "conv_dense", "reduce"]
 OPT_FLAGS = ["-O3"]
 
 

@@ -26,7 +26,7 @@ computed by one task in an order fixed by the shapes: results are bit-identical 
   of input channels (rows of col, channels of dx) are independent tasks too.
 - Weight gradient: the flattened sequence of (sample, tile) pairs is cut into
   ``n_parts = dw_part.shape[0]`` fixed ranges; a task sums its range in order into
-  ``dw_part[part]`` for one block of input channels (columns of dw); :func:`sum_chunks`
+  ``dw_part[part]`` for one block of input channels (columns of dw); reduce.sum_chunks
   then adds the parts in order.
 
 im2col row ``r = (c*kh + i)*kw + j``, column ``p = (oh - r0)*Wo + ow`` holds
@@ -45,7 +45,7 @@ from cnncore._kernels._blas cimport (_gemm, NoTrans, Trans, _pgemm, _PACKED_MIN_
                                       CNN_PGEMM_OB)
 from cnncore._kernels._blas import packed_rows
 from cnncore._kernels._geometry cimport _valid_range
-from cnncore._kernels._simd cimport _gather_rows, _zero_rows, _scatter_add_rows, _sum_lanes, CNN_LANES
+from cnncore._kernels._simd cimport _gather_rows, _zero_rows, _scatter_add_rows
 
 
 cdef struct Geometry:
@@ -545,7 +545,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
     tile) pairs times ``n_kblocks`` blocks of input channels, both chosen by the caller from
     the shapes only: part p covers pairs [p*N*T//n_parts, (p+1)*N*T//n_parts), block b the
     channels [b*Cg//n_kblocks, (b+1)*Cg//n_kblocks) of every group.
-    :func:`sum_chunks` then adds the parts in order, so the result does not depend on how
+    reduce.sum_chunks then adds the parts in order, so the result does not depend on how
     the tasks were spread over threads. The input gradient's tasks are (sample, tile, block
     of ``dx_blocks`` of a group's input channels), tiles in the phases of _dx_phases.
     """
@@ -594,47 +594,3 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C_out, Ho, Wo)
                 r1 = _tile_stop(&g, q + ((task // g.CB) % per) * m)
                 _input_grad_tile(&g, &dy[n, 0, 0, 0], &w[0, 0, 0, 0], wptp, b * g.Cg // g.CB,
                                  (b + 1) * g.Cg // g.CB, r0, r1, &dx[n, 0, 0, 0], col)
-
-
-cdef void _sum_column(const floating* parts, Py_ssize_t n_parts, Py_ssize_t stride,
-                      floating* out) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef floating s = parts[0]
-    for c in range(1, n_parts):
-        s = s + parts[c * stride]
-    out[0] = s
-
-
-def sum_chunks(const floating[:, ::1] parts,   # IN  (n_chunks, M)
-               floating[::1] out,              # OUT (M,)
-               int n_threads):
-    """``out[m] = parts[0, m] + parts[1, m] + ...``, always in chunk order."""
-    cdef Py_ssize_t m
-    cdef Py_ssize_t M = parts.shape[1]
-    for m in prange(M, nogil=True, schedule='static', num_threads=n_threads):
-        _sum_column(&parts[0, m], parts.shape[0], M, &out[m])
-
-
-cdef void _channel_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t P,
-                       floating* out) noexcept nogil:
-    cdef Py_ssize_t n, k
-    cdef double acc[CNN_LANES]
-    cdef double s = 0
-    for k in range(CNN_LANES):
-        acc[k] = 0
-    for n in range(N):
-        _sum_lanes(acc, dy + n * stride, P)
-    for k in range(CNN_LANES):
-        s = s + acc[k]
-    out[0] = <floating> s
-
-
-def bias_grad(const floating[:, :, ::1] dy,   # IN  (N, C_out, P)
-              floating[::1] db,               # OUT (C_out,)
-              int n_threads):
-    """``db[o] = sum over n and p of dy[n, o, p]``, one channel per task, accumulated in
-    double partial sums (see cnn_sum_lanes) in a fixed order."""
-    cdef Py_ssize_t o
-    cdef Py_ssize_t C_out = dy.shape[1], P = dy.shape[2]
-    for o in prange(C_out, nogil=True, schedule='static', num_threads=n_threads):
-        _channel_sum(&dy[0, o, 0], dy.shape[0], C_out * P, P, &db[o])

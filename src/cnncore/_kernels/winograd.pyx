@@ -458,7 +458,7 @@ def weight_grad(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                 int ph, int pw, int nb, int n_threads):
     """Transformed weight gradient of each of ``n_chunks = dU_part.shape[0]`` fixed batch
     chunks (chunk c: samples [c*N//n_chunks, (c+1)*N//n_chunks)); add them in chunk order
-    (conv.sum_chunks) and map back with :func:`untransform_weight_grad`. Chunks are split
+    (reduce.sum_chunks) and map back with :func:`untransform_weight_grad`. Chunks are split
     over the threads, or, when ``shared`` is not empty, done one after the other with the
     transforms of each block and its 16 GEMMs split over the threads (same operations,
     same order)."""

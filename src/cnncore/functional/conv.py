@@ -14,6 +14,7 @@ from .._kernels import conv as _conv
 from .._kernels import conv_dense as _conv_dense
 from .._kernels import conv_direct as _conv_direct
 from .._kernels import conv_rows as _conv_rows
+from .._kernels import reduce as _reduce
 from .._kernels import dense as _dense
 from .._kernels import winograd as _winograd
 from . import planner
@@ -270,7 +271,7 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     du = du_part[0]
     if n_chunks > 1:
         du = np.empty((16, c_out, c), dtype=x.dtype)
-        _conv.sum_chunks(du_part.reshape(n_chunks, -1), du.reshape(-1), n_threads)
+        _reduce.sum_chunks(du_part.reshape(n_chunks, -1), du.reshape(-1), n_threads)
     grad_weight = np.empty_like(weight)
     _winograd.untransform_weight_grad(du, grad_weight, n_threads)
     if not need_grad_x:
@@ -504,7 +505,7 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
     if n == 0:
         return (np.empty_like(x) if need_grad_x else None, np.zeros_like(weight),
                 np.zeros_like(grad_bias))
-    _conv.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
+    _reduce.bias_grad(grad_out.reshape(n, c_out, -1), grad_bias, n_threads)
     if algorithm == "winograd":
         return (*_winograd_backward(grad_out, x, weight, geo.padding, n_threads, need_grad_x,
                                     cache, token), grad_bias)
@@ -543,7 +544,7 @@ def _conv_backward(where, grad_out, x, weight, stride, padding, dilation, groups
         grad_weight = dw_part[0]
     else:
         grad_weight = np.empty(c_out * k_g, dtype=x.dtype)
-        _conv.sum_chunks(dw_part.reshape(n_parts, -1), grad_weight, n_threads)
+        _reduce.sum_chunks(dw_part.reshape(n_parts, -1), grad_weight, n_threads)
     return grad_x, grad_weight.reshape(weight.shape), grad_bias
 
 
