@@ -21,6 +21,25 @@ DTYPES = [np.float32, np.float64]
 ISAS = list(range(B.ISA + 1))
 OB = 6  # rows per packed block (CNN_PGEMM_OB)
 
+def record_calls(monkeypatch, module, name, what):
+    """Replace ``module.name`` by a spy that appends ``what(args)`` (positional arguments)
+    to the returned list before calling the original."""
+    calls = []
+    original = getattr(module, name)
+
+    def spy(*args):
+        calls.append(what(args))
+        return original(*args)
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def pack_any_product(monkeypatch):
+    """Let the packed GEMM take products of any size and any batch."""
+    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
+    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
+
+
 needs_packed = pytest.mark.skipif(not B.PACKED, reason="the packed GEMM runs on AVX-512 "
                                   "machines only (elsewhere BLAS does the products)")
 
@@ -214,16 +233,9 @@ def test_eval_conv_keeps_packed_weights_until_they_change(rng, packed_calls, mon
 @pytest.fixture
 def im2col_packed_calls(monkeypatch):
     """Record whether each im2col / 1x1 forward kernel call was given packed weights."""
-    calls = []
-    original = F.conv._conv.conv2d_forward
-
-    def spy(*args):
-        calls.append(args[-1] is not None)
-        return original(*args)
-    monkeypatch.setattr(F.conv._conv, "conv2d_forward", spy)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
-    return calls
+    pack_any_product(monkeypatch)
+    return record_calls(monkeypatch, F.conv._conv, "conv2d_forward",
+                        lambda a: a[-2] is not None)  # (..., n_threads, wp, m_blocks)
 
 
 # im2col (stride 2, rectangular, dilated) and 1x1 tiles of at least 64 output pixels; at
@@ -278,15 +290,8 @@ def test_eval_conv_keeps_packed_im2col_weights(rng, monkeypatch, im2col_packed_c
 @pytest.fixture
 def grouped_calls(monkeypatch):
     """Record the samples per task of each grouped im2col forward call."""
-    calls = []
-    original = F.conv._conv.conv2d_forward_grouped
-
-    def spy(*args):
-        calls.append(args[-2])
-        return original(*args)
-    monkeypatch.setattr(F.conv._conv, "conv2d_forward_grouped", spy)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
+    pack_any_product(monkeypatch)
+    calls = record_calls(monkeypatch, F.conv._conv, "conv2d_forward_grouped", lambda a: a[-2])
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS", 10 ** 6)
     monkeypatch.setattr(F.planner, "_DENSE_MAX_BYTES", 0)
     return calls
@@ -337,7 +342,7 @@ def test_grouped_kernel_checks_its_arguments(rng):
     none = np.empty(0, np.float32)
     work = np.zeros((1, (27 + 5) * 32), np.float32)
     F.conv._conv.conv2d_forward_grouped(x, wp, none, y, work, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1)
-    with pytest.raises(ValueError, match="wp of"):
+    with pytest.raises(ValueError, match="packed operand of"):
         F.conv._conv.conv2d_forward_grouped(x, wp[1:].copy(), none, y, work, 3, 3, 1, 1, 1, 1,
                                             1, 1, 2, 1)
     with pytest.raises(ValueError, match="work rows"):
@@ -350,13 +355,8 @@ def test_grouped_kernel_checks_its_arguments(rng):
 def test_pointwise_output_channel_blocks(dtype, rng, monkeypatch, im2col_packed_calls):
     """Batch 1 on a small map: the 1x1 convolution's tasks are blocks of output channels
     (whole packed row blocks) instead of input-channel blocks with partial outputs."""
-    seen = []
-    original = F.conv._conv.conv2d_forward
-
-    def spy(*args):
-        seen.append((len(args[5]), args[-1]))  # (partial-output blocks, m_blocks)
-        return original(*args)
-    monkeypatch.setattr(F.conv._conv, "conv2d_forward", spy)
+    seen = record_calls(monkeypatch, F.conv._conv, "conv2d_forward",
+                        lambda a: (len(a[5]), a[-1]))  # (partial-output blocks, m_blocks)
     x = rng.standard_normal((1, 128, 8, 8)).astype(dtype)
     w = rng.standard_normal((50, 128, 1, 1)).astype(dtype)
     b = rng.standard_normal(50).astype(dtype)
@@ -447,15 +447,9 @@ def test_grouped_input_gradient_matches_reference(case, dtype, rng, monkeypatch)
     """Small output maps: the input gradient over groups of samples on the packed GEMM
     (col = W^T @ dy, then col2im), the weight gradient as before."""
     cfg, group = case
-    calls = []
-    original = F.conv._conv.conv2d_input_grad_grouped
-
-    def spy(*args):
-        calls.append(args[-2])
-        return original(*args)
-    monkeypatch.setattr(F.conv._conv, "conv2d_input_grad_grouped", spy)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
+    pack_any_product(monkeypatch)
+    calls = record_calls(monkeypatch, F.conv._conv, "conv2d_input_grad_grouped",
+                         lambda a: a[-2])
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 6)
     monkeypatch.setattr(F.planner, "_DENSE_MAX_BYTES", 0)
     x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
@@ -490,15 +484,9 @@ def test_input_gradient_with_packed_products_matches_reference(cfg, dtype, rng, 
     """Tiles of at least 64 output pixels: the input gradient's col = W^T @ dy on the packed
     GEMM (W^T packed per call); channel blocks whose first row is off a packed block use
     BLAS. Against the reference, bit-identical at 1, 2 and 3 threads."""
-    seen = []
-    original = F.conv._conv.conv2d_backward
-
-    def spy(*args):
-        seen.append(args[-1] is not None)
-        return original(*args)
-    monkeypatch.setattr(F.conv._conv, "conv2d_backward", spy)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_COLS", 0)
-    monkeypatch.setattr(F.planner, "_PACK_MIN_MACS", 0)
+    pack_any_product(monkeypatch)
+    seen = record_calls(monkeypatch, F.conv._conv, "conv2d_backward",
+                        lambda a: a[-1] is not None)
     monkeypatch.setattr(F.planner, "_WINOGRAD_MIN_CHANNELS_BACKWARD", 10 ** 6)
     x, w, _ = make_conv2d_inputs(cfg, dtype, rng)
     gy = rng.standard_normal(R.conv2d(x, w, **hyper(cfg)).shape).astype(dtype)
@@ -519,11 +507,11 @@ def test_pack_weights_for_input_grad_is_the_packed_transposed_transform(o, c, dt
     ut = np.empty((16, c, o), dtype)
     W.transform_for_input_grad(u, ut, 2)
     up = np.full((16, B.packed_rows(c) * o), np.nan, dtype)
-    W.pack_weights_for_input_grad(u, up, 2)
+    W.pack_weights(u, up, 2, True)
     for xi in range(16):
         np.testing.assert_array_equal(up[xi], pack(ut[xi]))
     with pytest.raises(ValueError, match="Up must be"):
-        W.pack_weights_for_input_grad(u, up[:, 1:].copy(), 1)
+        W.pack_weights(u, up[:, 1:].copy(), 1, True)
 
 
 def test_winograd_forward_without_u_needs_packed_full_blocks(rng):

@@ -357,6 +357,24 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                        g.N * g.C_out * g.P, g.P, &y[task // g.C_out, task % g.C_out, 0, 0])
 
 
+cdef Geometry _grouped_geometry(str where, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                                Py_ssize_t W, Py_ssize_t C_out, Py_ssize_t Ho,
+                                Py_ssize_t Wo, int kh, int kw, int sh, int sw, int ph, int pw,
+                                int dh, int dw, Py_ssize_t sg, Py_ssize_t packed,
+                                Py_ssize_t expected, Py_ssize_t work_row) except *:
+    """Geometry of an ungrouped convolution done over groups of ``sg`` whole samples, after
+    checking the packed operand (``packed`` of ``expected`` elements) and a work row."""
+    cdef Geometry g = _geometry(N, C, H, W, C_out, C, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw,
+                                1, Ho)
+    if sg < 1 or packed != expected:
+        raise ValueError(f"{where}: sg={sg}, packed operand of {packed} elements (expected "
+                         f"{expected})")
+    if work_row < (g.Kg + g.C_out) * sg * g.P:
+        raise ValueError(f"{where}: work rows of {work_row} elements, need "
+                         f"{(g.Kg + g.C_out) * sg * g.P}")
+    return g
+
+
 def conv2d_forward_grouped(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                            const floating[::1] wp,           # IN  _blas.pack(w): (C_out, K)
                            const floating[::1] bias,         # IN  (C_out,) or (0,) for none
@@ -370,16 +388,12 @@ def conv2d_forward_grouped(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     ``W @ col (+ bias)`` into scratch, then each sample's ``C_out x P`` block copied to y.
     The groups depend on ``sg`` only (the caller's choice from shapes), so results do not
     depend on the thread count."""
-    cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
-                                x.shape[1], kh, kw, y.shape[2], y.shape[3], sh, sw, ph, pw,
-                                dh, dw, 1, y.shape[2])
+    cdef Py_ssize_t K = x.shape[1] * kh * kw
+    cdef Geometry g = _grouped_geometry(
+        "conv2d_forward_grouped", x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
+        y.shape[2], y.shape[3], kh, kw, sh, sw, ph, pw, dh, dw, sg, wp.shape[0],
+        packed_rows(y.shape[1]) * K, work.shape[1])
     cdef Py_ssize_t n_groups = (g.N + sg - 1) // sg, L = sg * g.P
-    if sg < 1 or wp.shape[0] != packed_rows(g.C_out) * g.Kg:
-        raise ValueError(f"conv2d_forward_grouped: sg={sg}, wp of {wp.shape[0]} elements "
-                         f"(expected {packed_rows(g.C_out) * g.Kg})")
-    if work.shape[1] < (g.Kg + g.C_out) * L:
-        raise ValueError(f"conv2d_forward_grouped: work rows of {work.shape[1]} elements, "
-                         f"need {(g.Kg + g.C_out) * L}")
     cdef Py_ssize_t task, s, o, n0, ns, tid
     cdef floating* col
     cdef floating* out
@@ -411,16 +425,14 @@ def conv2d_input_grad_grouped(const floating[:, :, :, ::1] dy,  # IN  (N, C_out,
     the output gradients of its samples side by side (``C_out x sg*P``), one product
     ``col = W^T @ dy`` (``K x sg*P``), then each sample's columns added back by col2im into
     its own zeroed dx. A sample is one task's: results do not depend on the thread count."""
-    cdef Geometry g = _geometry(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
-                                dy.shape[1], dx.shape[1], kh, kw, dy.shape[2], dy.shape[3],
-                                sh, sw, ph, pw, dh, dw, 1, dy.shape[2])
+    cdef Py_ssize_t K = dx.shape[1] * kh * kw
+    if dy.shape[0] != dx.shape[0]:
+        raise ValueError(f"conv2d_input_grad_grouped: {dy.shape[0]} and {dx.shape[0]} samples")
+    cdef Geometry g = _grouped_geometry(
+        "conv2d_input_grad_grouped", dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
+        dy.shape[1], dy.shape[2], dy.shape[3], kh, kw, sh, sw, ph, pw, dh, dw, sg,
+        wpt.shape[0], packed_rows(K) * dy.shape[1], work.shape[1])
     cdef Py_ssize_t n_groups = (g.N + sg - 1) // sg, L = sg * g.P
-    if sg < 1 or wpt.shape[0] != packed_rows(g.Kg) * g.C_out or dy.shape[0] != g.N:
-        raise ValueError(f"conv2d_input_grad_grouped: sg={sg}, wpt of {wpt.shape[0]} "
-                         f"elements (expected {packed_rows(g.Kg) * g.C_out})")
-    if work.shape[1] < (g.Kg + g.C_out) * L:
-        raise ValueError(f"conv2d_input_grad_grouped: work rows of {work.shape[1]} "
-                         f"elements, need {(g.Kg + g.C_out) * L}")
     cdef Py_ssize_t task, s, o, n0, ns, tid
     cdef floating* dyg
     cdef floating* col

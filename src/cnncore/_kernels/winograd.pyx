@@ -123,57 +123,46 @@ def transform_for_input_grad(const floating[:, :, ::1] U,   # IN  (16, C_out, C_
     ``G w'[c, o] G^T = P U[:, o, c] P^T``: ``Ut[(i, j), c, o] = U[(p(i), p(j)), o, c]`` —
     16 blocked transposes instead of a flipped copy of w and a second transform."""
     cdef Py_ssize_t O = U.shape[1], C = U.shape[2]
-    cdef Py_ssize_t n_cb = (C + _TB - 1) // _TB, task, xi, i, j
+    cdef Py_ssize_t n_cb = (C + _TB - 1) // _TB, task, xi
     for task in prange(16 * n_cb, nogil=True, schedule='static', num_threads=n_threads):
         xi = task // n_cb
-        i = xi // 4
-        j = xi % 4
-        if i == 0 or i == 3:
-            i = 3 - i
-        if j == 0 or j == 3:
-            j = 3 - j
-        _transpose_rows(&U[4 * i + j, 0, 0], O, C, (task % n_cb) * _TB, &Ut[xi, 0, 0])
+        _transpose_rows(&U[_input_grad_plane(xi), 0, 0], O, C, (task % n_cb) * _TB,
+                        &Ut[xi, 0, 0])
+
+
+cdef inline Py_ssize_t _input_grad_plane(Py_ssize_t xi) noexcept nogil:
+    """The plane of U whose transpose is plane ``xi`` = (i, j) of the input gradient's
+    transformed weights: (p(i), p(j)), p swapping 0 and 3."""
+    cdef Py_ssize_t i = xi // 4, j = xi % 4
+    if i == 0 or i == 3:
+        i = 3 - i
+    if j == 0 or j == 3:
+        j = 3 - j
+    return 4 * i + j
 
 
 def pack_weights(const floating[:, :, ::1] U,   # IN  (16, C_out, C_in)
-                 floating[:, ::1] Up,            # OUT (16, packed_rows(C_out) * C_in)
-                 int n_threads):
+                 floating[:, ::1] Up,            # OUT (16, packed_rows(rows) * cols)
+                 int n_threads, bint for_input_grad=False):
     """The 16 planes of U packed for cnncore_gemm.h (blocks of rows, k-major), for the
-    products of :func:`forward` given ``Up``."""
-    cdef Py_ssize_t O = U.shape[1], C = U.shape[2], R = packed_rows(O)
-    cdef Py_ssize_t rows = PACKED_ROWS, n_rb = R // rows, task, xi, r0
-    if Up.shape[0] != 16 or Up.shape[1] != R * C:
-        raise ValueError(f"pack_weights: Up must be (16, {R * C}), got "
-                         f"({Up.shape[0]}, {Up.shape[1]})")
-    for task in prange(16 * n_rb, nogil=True, schedule='static', num_threads=n_threads):
-        xi = task // n_rb
-        r0 = (task % n_rb) * rows
-        _pgemm_pack(&Up[xi, 0], &U[xi, 0, 0], O, C, C, r0, r0 + rows)
-
-
-def pack_weights_for_input_grad(const floating[:, :, ::1] U,   # IN  (16, C_out, C_in)
-                                floating[:, ::1] Up,             # OUT (16, packed_rows(C_in) * C_out)
-                                int n_threads):
-    """The packed transformed weights of the input gradient's convolution straight from U:
-    plane ``xi`` is ``U[(p(i), p(j))]^T`` (see :func:`transform_for_input_grad`) packed
-    for the packed GEMM, without building the transposed U first (2.7 ms for 512 -> 512,
+    products of :func:`forward` given ``Up``: U's planes (rows C_out, columns C_in), or
+    with ``for_input_grad`` those of the input gradient's convolution straight from U,
+    plane ``xi`` being ``U[(p(i), p(j))]^T`` (see :func:`transform_for_input_grad`; rows
+    C_in, columns C_out), without building the transposed U first (2.7 ms for 512 -> 512,
     then 0.9 ms to pack it)."""
-    cdef Py_ssize_t O = U.shape[1], C = U.shape[2], R = packed_rows(C)
-    cdef Py_ssize_t rows = PACKED_ROWS, n_rb = R // rows, task, xi, i, j, r0
-    if Up.shape[0] != 16 or Up.shape[1] != R * O:
-        raise ValueError(f"pack_weights_for_input_grad: Up must be (16, {R * O}), got "
+    cdef Py_ssize_t O = U.shape[1], C = U.shape[2]
+    cdef Py_ssize_t M = C if for_input_grad else O, K = O if for_input_grad else C
+    cdef Py_ssize_t R = packed_rows(M), rows = PACKED_ROWS, n_rb = R // rows, task, xi, r0
+    if Up.shape[0] != 16 or Up.shape[1] != R * K:
+        raise ValueError(f"pack_weights: Up must be (16, {R * K}), got "
                          f"({Up.shape[0]}, {Up.shape[1]})")
     for task in prange(16 * n_rb, nogil=True, schedule='static', num_threads=n_threads):
         xi = task // n_rb
         r0 = (task % n_rb) * rows
-        i = xi // 4
-        j = xi % 4
-        if i == 0 or i == 3:
-            i = 3 - i
-        if j == 0 or j == 3:
-            j = 3 - j
-        # entry (c, o) of the transposed plane is U[4i + j, o, c]: rows 1 apart, k = o C apart
-        _pgemm_pack(&Up[xi, 0], &U[4 * i + j, 0, 0], C, O, 1, r0, r0 + rows, C)
+        if not for_input_grad:
+            _pgemm_pack(&Up[xi, 0], &U[xi, 0, 0], O, C, C, r0, r0 + rows)
+        else:  # entry (c, o) of the transposed plane: rows 1 apart, k = o C apart
+            _pgemm_pack(&Up[xi, 0], &U[_input_grad_plane(xi), 0, 0], C, O, 1, r0, r0 + rows, C)
 
 
 cdef void _transpose_rows(const floating* a, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t c0,

@@ -289,8 +289,8 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     if cache is None and planner.packed_gemm(n, min(nb_dx, last) * tiles, tiles, kept=False,
                                              macs=c * c_out * nb_dx * tiles):
         up_dx = _scratch_array("winograd_up", (16, _blas.packed_rows(c) * c_out), x.dtype)
-        _winograd.pack_weights_for_input_grad(_winograd_u(weight, n_threads, None, None),
-                                              up_dx, _pack_threads(up_dx, n_threads))
+        _winograd.pack_weights(_winograd_u(weight, n_threads, None, None), up_dx,
+                               _pack_threads(up_dx, n_threads), True)
         grad_x = _winograd_conv(grad_out, w_dx, None, x.shape[2:], pad_dx, n_threads, None,
                                 None, None, up_dx)
     else:
