@@ -239,7 +239,7 @@ def _winograd_conv(x, weight, bias, out_hw, padding, n_threads, cache=None, toke
         u = np.empty((0, 0, 0), dtype=x.dtype)
     elif u is None:
         u = _winograd_u(weight, n_threads, cache, token)
-    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    tiles = planner.winograd_tiles(out_hw)
     if up is None and planner.packed_gemm(n, nb * tiles, tiles, kept=cache is not None,
                                           macs=c_out * c * nb * tiles):
         up = _winograd_up(weight, u, n_threads, cache, token)
@@ -284,7 +284,7 @@ def _winograd_backward(grad_out, x, weight, padding, n_threads, need_grad_x, cac
     pad_dx = (2 - padding[0], 2 - padding[1])
     w_dx = weight.transpose(1, 0, 2, 3)
     nb_dx = planner.winograd_block(n, x.shape[2:], planner._WINOGRAD_MIN_TILES)
-    tiles = ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
+    tiles = planner.winograd_tiles(x.shape[2:])
     last = n - (n - 1) // nb_dx * nb_dx
     if cache is None and planner.packed_gemm(n, min(nb_dx, last) * tiles, tiles, kept=False,
                                              macs=c * c_out * nb_dx * tiles):

@@ -169,6 +169,12 @@ def _winograd_channels(c_in, c_out, min_channels, tiles, rules):
         c_in >= need_in and tiles >= need_tiles for need_in, need_tiles in rules)
 
 
+def winograd_tiles(out_hw):
+    """2x2 output tiles of one sample's ``out_hw`` map (the last row and column of tiles
+    may be partial)."""
+    return ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+
+
 def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0,
                  rules=_WINOGRAD_FEW_OUT_RULES):
     """Winograd F(2x2, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions with
@@ -176,7 +182,7 @@ def use_winograd(geo, c_in, c_out, kh, kw, min_channels, n=None, min_tiles=0,
     least ``min_channels`` in and out (or few outputs on a large map, _winograd_channels
     with ``rules``) and, unless ``n`` is None, ``min_tiles`` 2x2 output tiles in a batch of
     ``n``."""
-    tiles = ((geo.out_hw[0] + 1) // 2) * ((geo.out_hw[1] + 1) // 2)
+    tiles = winograd_tiles(geo.out_hw)
     return (kh == kw == 3 and geo.stride == (1, 1) and geo.dilation == (1, 1)
             and geo.groups == 1 and max(geo.padding) <= 2
             and _winograd_channels(c_in, c_out, min_channels, tiles, rules)
@@ -225,7 +231,7 @@ def use_dense(geo, c_in, c_out, kh, kw, itemsize=4):
 def winograd_block(n, out_hw, min_tiles):
     """Samples per Winograd GEMM: enough for ``min_tiles`` tiles. It depends on shapes
     only, so results do not depend on the thread count."""
-    tiles = ((out_hw[0] + 1) // 2) * ((out_hw[1] + 1) // 2)
+    tiles = winograd_tiles(out_hw)
     return min(n, -(-min_tiles // tiles))
 
 
