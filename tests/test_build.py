@@ -245,9 +245,10 @@ def test_compile_flags_are_portable():
     # foo.avx2.0, foo.arch_x86_64_v3.1, ...) may use AVX: only the ifunc picks them. So may
     # the target("avx2,fma") / target("avx512f") row kernels of csrc/cnncore_conv_rows.h
     # (cnn_cr_row_f_avx2, ..._avx512) and GEMMs of csrc/cnncore_gemm.h (cnn_pgemm_f_avx2,
-    # ...), which cnn_cr_isa() picks from the CPU's features.
+    # ...) and the LRN tasks of csrc/cnncore_lrn.h, which cnn_cr_isa() picks from the
+    # CPU's features.
     clone = re.compile(r"<([^>]*\.(avx|arch_|fma|sse4|default)[^>]*"
-                       r"|cnn_(cr|pgemm)_\w+_avx(2|512)(\.[^>]*)?)>:$")
+                       r"|cnn_(cr|pgemm|lrn)_\w+_avx(2|512)(\.[^>]*)?)>:$")
     for so in kernels:
         asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(so)],
                              capture_output=True, text=True, timeout=120).stdout

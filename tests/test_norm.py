@@ -1,5 +1,5 @@
 """The normalisation kernels (cnncore.functional.norm: compiled batch norm and add_relu;
-cnncore._norm_kernels: NumPy LRN and dropout) against their loop-based twins
+cnncore._norm_kernels: compiled LRN, NumPy dropout) against their loop-based twins
 (cnncore.reference / cnncore._norm_reference), PyTorch, and finite differences."""
 
 import numpy as np
@@ -254,6 +254,34 @@ def test_lrn_compiled_matches_reference_at_any_thread_count(rng, dtype, shape, s
         np.testing.assert_array_equal(K.local_response_norm(x, *args, n_threads=n), y1)
         np.testing.assert_array_equal(
             K.local_response_norm_backward(g, x, *args, n_threads=n), gx1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, size, beta", [
+    ((2, 9, 131), 5, 0.75),        # a 3-pixel tail after a full block: the vector tails
+    ((1, 5, 7), 3, 0.6),           # fewer pixels than one vector; pow() path
+    ((3, 2, 1), 5, 0.75),          # one pixel, window wider than the channels
+])
+def test_lrn_kernel_every_isa_level(rng, dtype, shape, size, beta):
+    """The task kernel of every instruction-set level this machine runs (AVX-512, AVX2,
+    baseline: chosen at run time) against the float64 reference."""
+    from cnncore._kernels import lrn
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    alpha, k = 1e-2, 2.0
+    y_r = R.local_response_norm(x.astype(float), size, alpha, beta, k)
+    gx_r = R.local_response_norm_backward(g.astype(float), x.astype(float), size, alpha,
+                                          beta, k)
+    for isa in range(lrn.ISA + 1):
+        y = np.full_like(x, np.nan)
+        lrn.lrn_forward(x, y, size, alpha, beta, k, 2, isa)
+        np.testing.assert_allclose(y, y_r, **TOL[dtype], err_msg=f"isa {isa}")
+        gx = np.full_like(x, np.nan)
+        work = np.zeros((2, 2 * shape[1] * lrn.block()))
+        lrn.lrn_backward(g, x, gx, work, size, alpha, beta, k, 2, isa)
+        np.testing.assert_allclose(gx, gx_r, **TOL[dtype], err_msg=f"isa {isa}")
+    with pytest.raises(ValueError, match="lrn: isa must be -1 or in"):
+        lrn.lrn_forward(x, y, size, alpha, beta, k, 1, lrn.ISA + 1)
 
 
 def test_lrn_bad_arguments():

@@ -16,6 +16,7 @@ cdef extern from "cnncore_gemm.h":
     enum:
         CNN_PGEMM_OB  # rows per packed block: column k of a block starts at wp + k*CNN_PGEMM_OB
         CNN_PGEMM_ROWS  # the packed rows are a multiple of this (cnn_pgemm_rows)
+    Py_ssize_t cnn_pgemm_rows(Py_ssize_t M) nogil  # rows of the packed copy of M rows
 
 cdef enum:
     _PACKED_MIN_COLS = 64

@@ -34,7 +34,6 @@ cdef void _gemm(BLAS_Trans ta, BLAS_Trans tb, int m, int n, int k,
 
 cdef extern from "cnncore_gemm.h" nogil:
     int cnn_cr_isa()
-    Py_ssize_t cnn_pgemm_rows(Py_ssize_t M)
     void cnn_pgemm_f(int isa, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* wp,
                      Py_ssize_t ks, const float* B, Py_ssize_t ldb, const float* bias,
                      int add, float* C, Py_ssize_t ldc)

@@ -13,7 +13,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnncore._kernels._blas cimport (_gemm, NoTrans, Trans, _pgemm, _pgemm_pack,
-                                      CNN_PGEMM_ROWS)
+                                      CNN_PGEMM_ROWS, cnn_pgemm_rows)
 
 cdef enum:
     BLOCK = 64      # rows (and forward output columns) per GEMM block
@@ -76,8 +76,7 @@ cdef void _grad_weight_block(const floating* dy, const floating* x, floating* dw
     product is a pass over dw (K = N)."""
     cdef floating pk[_DW_PACKED]
     if packed:
-        _pgemm_pack(pk, dy, outs, N, 1, 0, (outs + CNN_PGEMM_ROWS - 1) // CNN_PGEMM_ROWS
-                    * CNN_PGEMM_ROWS, n_out)
+        _pgemm_pack(pk, dy, outs, N, 1, 0, cnn_pgemm_rows(outs), n_out)
         _pgemm(outs, n_in, N, pk, N, x, n_in, NULL, dw, n_in, add)
         return
     _gemm(Trans, NoTrans, <int> outs, <int> n_in, <int> N, <floating> 1, dy, <int> n_out,

@@ -12,122 +12,104 @@ and backward.
 
 Tasks are (sample, block of ``BLOCK`` pixels): every channel of a block is done by one
 task, the window sums and powers in double precision, element by element, so the results
-do not depend on the thread count. ``beta = 0.75`` (AlexNet's) takes
-``D^-0.75 = 1 / (sqrt(D) sqrt(sqrt(D)))`` instead of ``pow``.
+do not depend on the thread count. The work of a task is C (``csrc/cnncore_lrn.h``),
+vectorised along the pixels for this machine's instruction set.
 """
-from libc.math cimport pow, sqrt
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 
+cdef extern from "cnncore_lrn.h" nogil:
+    int cnn_cr_isa()
+    enum: CNN_LRN_BLOCK
+    void cnn_lrn_forward_f(int isa, const float* x, float* y, Py_ssize_t C, Py_ssize_t S,
+                           Py_ssize_t nb, Py_ssize_t before, Py_ssize_t after, double scale,
+                           double k, double beta, int tq)
+    void cnn_lrn_forward_d(int isa, const double* x, double* y, Py_ssize_t C, Py_ssize_t S,
+                           Py_ssize_t nb, Py_ssize_t before, Py_ssize_t after, double scale,
+                           double k, double beta, int tq)
+    void cnn_lrn_backward_f(int isa, const float* g, const float* x, float* gx, Py_ssize_t C,
+                            Py_ssize_t S, Py_ssize_t nb, Py_ssize_t before, Py_ssize_t after,
+                            double scale, double coef, double k, double beta, int tq,
+                            double* dpow, double* t)
+    void cnn_lrn_backward_d(int isa, const double* g, const double* x, double* gx,
+                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t before,
+                            Py_ssize_t after, double scale, double coef, double k, double beta,
+                            int tq, double* dpow, double* t)
+
 cdef enum:
-    BLOCK = 128  # pixels per task
+    BLOCK = CNN_LRN_BLOCK  # pixels per task
+
+cdef int _ISA = cnn_cr_isa()
+ISA = _ISA  # 2: AVX-512F, 1: AVX2 + FMA, 0: baseline
 
 
-cdef inline double _neg_pow(double d, double beta, bint three_quarters) noexcept nogil:
-    """``d ** -beta``."""
-    cdef double r
-    if three_quarters:
-        r = sqrt(d)
-        return 1.0 / (r * sqrt(r))
-    return pow(d, -beta)
+cdef int _isa(int isa) except -1:
+    """``isa`` if it is a level this machine runs (0 to ISA), ISA for -1."""
+    if isa == -1:
+        return _ISA
+    if not 0 <= isa <= _ISA:
+        raise ValueError(f"lrn: isa must be -1 or in [0, {_ISA}], got {isa}")
+    return isa
 
 
-cdef void _denominators(const floating* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
-                        Py_ssize_t s0, Py_ssize_t nb, Py_ssize_t before, Py_ssize_t after,
-                        double scale, double k, double* d) noexcept nogil:
-    """``d[i] = k + scale * sum_{j in W(c)} x[j, s0 + i]^2`` for ``i < nb`` (``x`` one
-    sample)."""
-    cdef Py_ssize_t i, j
-    cdef Py_ssize_t lo = c - before if c - before > 0 else 0
-    cdef Py_ssize_t hi = c + after if c + after < C - 1 else C - 1
-    cdef const floating* row
-    cdef double v
-    for i in range(nb):
-        d[i] = 0.0
-    for j in range(lo, hi + 1):
-        row = x + j * S + s0
-        for i in range(nb):
-            v = row[i]
-            d[i] += v * v
-    for i in range(nb):
-        d[i] = k + scale * d[i]
+cdef inline void _forward_task(int isa, const floating* x, floating* y, Py_ssize_t C,
+                               Py_ssize_t S, Py_ssize_t nb, Py_ssize_t before,
+                               Py_ssize_t after, double scale, double k, double beta,
+                               bint tq) noexcept nogil:
+    if floating is float:
+        cnn_lrn_forward_f(isa, x, y, C, S, nb, before, after, scale, k, beta, tq)
+    else:
+        cnn_lrn_forward_d(isa, x, y, C, S, nb, before, after, scale, k, beta, tq)
 
 
-cdef void _forward_task(const floating* x, floating* y, Py_ssize_t C, Py_ssize_t S,
-                        Py_ssize_t s0, Py_ssize_t nb, Py_ssize_t before, Py_ssize_t after,
-                        double scale, double k, double beta, bint tq) noexcept nogil:
-    """One (sample, block of pixels) task of :func:`lrn_forward` (``x``, ``y``: one sample;
-    the window sums live in this call's own stack array)."""
-    cdef double d[BLOCK]
-    cdef Py_ssize_t c, i
-    for c in range(C):
-        _denominators(x, C, S, c, s0, nb, before, after, scale, k, d)
-        for i in range(nb):
-            y[c * S + s0 + i] = <floating> (x[c * S + s0 + i] * _neg_pow(d[i], beta, tq))
+cdef inline void _backward_task(int isa, const floating* g, const floating* x, floating* gx,
+                                Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t before,
+                                Py_ssize_t after, double scale, double coef, double k,
+                                double beta, bint tq, double* dpow,
+                                double* t) noexcept nogil:
+    if floating is float:
+        cnn_lrn_backward_f(isa, g, x, gx, C, S, nb, before, after, scale, coef, k, beta, tq,
+                           dpow, t)
+    else:
+        cnn_lrn_backward_d(isa, g, x, gx, C, S, nb, before, after, scale, coef, k, beta, tq,
+                           dpow, t)
 
 
 def lrn_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, Py_ssize_t size,
-                double alpha, double beta, double k, int n_threads):
-    """``y = x * D^-beta`` (see the module docstring)."""
+                double alpha, double beta, double k, int n_threads, int isa=-1):
+    """``y = x * D^-beta`` (see the module docstring); ``isa``: the instruction-set level
+    of the task kernel (-1: this machine's best, ``ISA``; lower levels for the tests)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t nblk = (S + BLOCK - 1) // BLOCK, task, n, s0
     cdef Py_ssize_t before = size // 2, after = (size - 1) // 2
+    isa = _isa(isa)
     for task in prange(N * nblk, nogil=True, schedule='static', num_threads=n_threads):
         n = task // nblk
         s0 = (task % nblk) * BLOCK
-        _forward_task(&x[n, 0, 0], &y[n, 0, 0], C, S, s0,
+        _forward_task(isa, &x[n, 0, s0], &y[n, 0, s0], C, S,
                       S - s0 if S - s0 < BLOCK else BLOCK, before, after, alpha / size, k,
                       beta, beta == 0.75)
 
 
-cdef void _backward_task(const floating* g, const floating* x, floating* gx, Py_ssize_t C,
-                         Py_ssize_t S, Py_ssize_t s0, Py_ssize_t nb, Py_ssize_t before,
-                         Py_ssize_t after, double scale, double coef, double k, double beta,
-                         bint tq, double* dpow, double* t) noexcept nogil:
-    """One (sample, block of pixels) task of :func:`lrn_backward` (``g``, ``x``, ``gx``: one
-    sample; ``dpow``, ``t``: the thread's ``C * BLOCK`` scratch each)."""
-    cdef double d[BLOCK]
-    cdef double back[BLOCK]
-    cdef Py_ssize_t c, i, j, lo, hi
-    cdef double dv, p
-    for c in range(C):
-        _denominators(x, C, S, c, s0, nb, before, after, scale, k, d)
-        for i in range(nb):
-            dv = d[i]
-            p = _neg_pow(dv, beta, tq)
-            dpow[c * BLOCK + i] = p
-            t[c * BLOCK + i] = (<double> g[c * S + s0 + i]) * x[c * S + s0 + i] * p / dv
-    for j in range(C):  # j is in W(c) when c is in [j - after, j + before]
-        lo = j - after if j - after > 0 else 0
-        hi = j + before if j + before < C - 1 else C - 1
-        for i in range(nb):
-            back[i] = 0.0
-        for c in range(lo, hi + 1):
-            for i in range(nb):
-                back[i] += t[c * BLOCK + i]
-        for i in range(nb):
-            gx[j * S + s0 + i] = <floating> ((<double> g[j * S + s0 + i]) * dpow[j * BLOCK + i]
-                                             - coef * x[j * S + s0 + i] * back[i])
-
-
 def lrn_backward(const floating[:, :, ::1] g, const floating[:, :, ::1] x,
                  floating[:, :, ::1] gx, double[:, ::1] work, Py_ssize_t size, double alpha,
-                 double beta, double k, int n_threads):
+                 double beta, double k, int n_threads, int isa=-1):
     """``gx`` of :func:`lrn_forward` (see the module docstring); ``work`` is per-thread
     scratch, ``(n_threads, 2 * C * block())`` doubles: ``D_c^-beta`` and
-    ``t_c = g_c x_c D_c^(-beta-1)`` of a block."""
+    ``t_c = g_c x_c D_c^(-beta-1)`` of a block; ``isa`` as in :func:`lrn_forward`."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t nblk = (S + BLOCK - 1) // BLOCK, task, n, s0
     cdef Py_ssize_t before = size // 2, after = (size - 1) // 2
     cdef double* dpow = NULL
     if work.shape[0] < n_threads or work.shape[1] < 2 * C * BLOCK:
         raise ValueError(f"lrn_backward: work must be at least ({n_threads}, {2 * C * BLOCK})")
+    isa = _isa(isa)
     with nogil, parallel(num_threads=n_threads):
         dpow = &work[threadid(), 0]
         for task in prange(N * nblk, schedule='static'):
             n = task // nblk
             s0 = (task % nblk) * BLOCK
-            _backward_task(&g[n, 0, 0], &x[n, 0, 0], &gx[n, 0, 0], C, S, s0,
+            _backward_task(isa, &g[n, 0, s0], &x[n, 0, s0], &gx[n, 0, s0], C, S,
                            S - s0 if S - s0 < BLOCK else BLOCK, before, after, alpha / size,
                            2.0 * alpha * beta / size, k, beta, beta == 0.75, dpow,
                            dpow + C * BLOCK)
