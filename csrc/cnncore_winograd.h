@@ -129,7 +129,61 @@ static inline void cnn_wino_grad_row_##S(const T* CNN_RESTRICT r0,              
     v = D + 13 * ps; for (ptrdiff_t t = 0; t < tw; t++) v[t] = -c[t] - d[t];              \
     v = D + 14 * ps; for (ptrdiff_t t = 0; t < tw; t++) v[t] = d[t] - c[t];               \
     v = D + 15 * ps; for (ptrdiff_t t = 0; t < tw; t++) v[t] = d[t];                      \
+}                                                                                         \
+                                                                                          \
+/* Small maps (a few tiles a row: ResNet's and VGG's last stages, 2x2 to 8x8): the row     \
+ * functions above spend more on loop set-up than on their loops of 2-4 tiles, so these   \
+ * do one tile at a time, fully unrolled, with the same sums in the same order (the       \
+ * results are identical). */                                                             \
+                                                                                          \
+/* V[xi * ps + ty * tw + tx] = (B^T d B)[xi] for every tile (ty, tx) of the zero-padded   \
+ * plane xp (rows wp apart, not split; tile (ty, tx) at row 2ty, column 2tx). */          \
+static inline void cnn_wino_input_tiles_##S(const T* CNN_RESTRICT xp, ptrdiff_t wp,       \
+                                            ptrdiff_t th, ptrdiff_t tw,                   \
+                                            T* CNN_RESTRICT v, ptrdiff_t ps)              \
+{                                                                                         \
+    for (ptrdiff_t ty = 0; ty < th; ty++)                                                 \
+        for (ptrdiff_t tx = 0; tx < tw; tx++) {                                           \
+            const T* p = xp + 2 * ty * wp + 2 * tx;                                       \
+            T e[4][4];                                                                    \
+            for (int j = 0; j < 4; j++) { /* B^T d: rows r0 - r2, r1 + r2, r2 - r1, r1 - r3 */\
+                const T d0 = p[j], d1 = p[wp + j], d2 = p[2 * wp + j], d3 = p[3 * wp + j];\
+                e[0][j] = d0 - d2; e[1][j] = d1 + d2; e[2][j] = d2 - d1; e[3][j] = d1 - d3;\
+            }                                                                             \
+            T* o = v + ty * tw + tx;                                                      \
+            for (int i = 0; i < 4; i++) { /* (.) B: columns c0 - c2, c1 + c2, c2 - c1, c1 - c3 */\
+                o[(4 * i) * ps] = e[i][0] - e[i][2];                                      \
+                o[(4 * i + 1) * ps] = e[i][1] + e[i][2];                                  \
+                o[(4 * i + 2) * ps] = e[i][2] - e[i][1];                                  \
+                o[(4 * i + 3) * ps] = e[i][1] - e[i][3];                                  \
+            }                                                                             \
+        }                                                                                 \
+}                                                                                         \
+                                                                                          \
+/* The (ho, wo) plane y = (A^T m A) + b of every tile, m[xi * ps + ty * tw + tx] (an odd  \
+ * ho or wo drops the last row or column of the last tiles). */                           \
+static inline void cnn_wino_output_tiles_##S(const T* CNN_RESTRICT m, ptrdiff_t ps,       \
+                                             ptrdiff_t th, ptrdiff_t tw, T b,             \
+                                             T* CNN_RESTRICT y, ptrdiff_t ho,             \
+                                             ptrdiff_t wo)                                \
+{                                                                                         \
+    for (ptrdiff_t ty = 0; ty < th; ty++)                                                 \
+        for (ptrdiff_t tx = 0; tx < tw; tx++) {                                           \
+            const T* a = m + ty * tw + tx;                                                \
+            T q[2][4];                                                                    \
+            for (int k = 0; k < 4; k++) {                                                 \
+                const T a1 = a[(4 + k) * ps], a2 = a[(8 + k) * ps];                       \
+                q[0][k] = a[k * ps] + a1 + a2;                                            \
+                q[1][k] = a1 - a2 - a[(12 + k) * ps];                                     \
+            }                                                                             \
+            for (int r = 0; r < 2 && 2 * ty + r < ho; r++) {                              \
+                T* out = y + (2 * ty + r) * wo + 2 * tx;                                  \
+                out[0] = b + q[r][0] + q[r][1] + q[r][2];                                 \
+                if (2 * tx + 1 < wo) out[1] = b + q[r][1] - q[r][2] - q[r][3];            \
+            }                                                                             \
+        }                                                                                 \
 }
+
 
 CNN_WINOGRAD_FUNCS(float, f)
 CNN_WINOGRAD_FUNCS(double, d)

@@ -52,6 +52,15 @@ cdef extern from "cnncore_winograd.h" nogil:
                              Py_ssize_t ps)
     void cnn_wino_grad_row_d(const double* r0, const double* r1, Py_ssize_t tw, double* D,
                              Py_ssize_t ps)
+    void cnn_wino_input_tiles_f(const float* xp, Py_ssize_t wp, Py_ssize_t th, Py_ssize_t tw,
+                                float* v, Py_ssize_t ps)
+    void cnn_wino_input_tiles_d(const double* xp, Py_ssize_t wp, Py_ssize_t th,
+                                Py_ssize_t tw, double* v, Py_ssize_t ps)
+    void cnn_wino_output_tiles_f(const float* m, Py_ssize_t ps, Py_ssize_t th, Py_ssize_t tw,
+                                 float b, float* y, Py_ssize_t ho, Py_ssize_t wo)
+    void cnn_wino_output_tiles_d(const double* m, Py_ssize_t ps, Py_ssize_t th,
+                                 Py_ssize_t tw, double b, double* y, Py_ssize_t ho,
+                                 Py_ssize_t wo)
 
 # The products U[xi] @ V[xi] run on the packed-weight GEMM (_blas._pgemm) where it beats
 # BLAS (_blas.PACKED, products of at least _PACKED_MIN_COLS columns) when the caller gives
@@ -61,6 +70,9 @@ cdef extern from "cnncore_winograd.h" nogil:
 # so writing them filter by filter hits the same cache sets 16 times (512 -> 512 channels:
 # 24 ms); a block is transformed into a small buffer and copied out as 16 runs (~1 ms).
 cdef enum:
+    # Tile rows of at most this many tiles are transformed tile by tile (the row functions'
+    # loop set-up costs more than their 2-4 tiles; cnn_wino_input_tiles).
+    _SMALL_TW = 2
     _FB = 64
     _TB = 32  # block edge of the transposes in transform_for_input_grad
 
@@ -222,11 +234,23 @@ cdef void _input_transform(const Tiles* g, const floating* x, Py_ssize_t c, Py_s
     """V[xi, c, tiles of sample s] = B^T d B for every tile d of the (H, W) plane ``x``
     (channel c of sample s of the block), padded into ``scratch`` first, then one tile row
     at a time (csrc/cnncore_winograd.h). scratch: plane_size elements."""
-    cdef Py_ssize_t ty
+    cdef Py_ssize_t ty, h, rows, cols
     cdef floating* xp = scratch
     cdef floating* e = scratch + g.Hp * g.Wp
     cdef const floating* r
     cdef floating* v
+    if g.TW <= _SMALL_TW:  # tile by tile from a plain padded plane
+        rows = g.H if g.H < g.Hp - g.ph else g.Hp - g.ph
+        cols = g.W if g.W < g.Wp - g.pw else g.Wp - g.pw
+        memset(xp, 0, g.Hp * g.Wp * sizeof(floating))
+        for h in range(rows):
+            memcpy(xp + (h + g.ph) * g.Wp + g.pw, x + h * g.W, cols * sizeof(floating))
+        v = V + c * g.T + s * g.TH * g.TW
+        if floating is float:
+            cnn_wino_input_tiles_f(xp, g.Wp, g.TH, g.TW, v, g.C * g.T)
+        else:
+            cnn_wino_input_tiles_d(xp, g.Wp, g.TH, g.TW, v, g.C * g.T)
+        return
     _pad_plane(g, x, xp)
     for ty in range(g.TH):
         r = xp + 2 * ty * g.Wp  # rows 2ty .. 2ty+3 of the padded plane
@@ -245,6 +269,13 @@ cdef void _output_transform(const Tiles* g, const floating* M, Py_ssize_t o, Py_
     cdef const floating* m
     cdef floating* y0
     cdef floating* y1
+    if g.TW <= _SMALL_TW:
+        m = M + o * g.T + s * g.TH * g.TW
+        if floating is float:
+            cnn_wino_output_tiles_f(m, g.O * g.T, g.TH, g.TW, b, y, g.Ho, g.Wo)
+        else:
+            cnn_wino_output_tiles_d(m, g.O * g.T, g.TH, g.TW, b, y, g.Ho, g.Wo)
+        return
     for ty in range(g.TH):
         m = M + o * g.T + (s * g.TH + ty) * g.TW
         y0 = y + 2 * ty * g.Wo
@@ -276,13 +307,16 @@ cdef void _forward_block(const Tiles* g, const floating* x, Py_ssize_t n0, Py_ss
     tiles, inverse transforms into y."""
     cdef Py_ssize_t s, c, o, xi
     cdef int n_cols = <int> ((n1 - n0) * g.TH * g.TW)  # a last, short block leaves V's tail unused
-    for s in range(n1 - n0):
-        for c in range(g.C):
+    # Channels outside, samples inside: a channel's tiles of consecutive samples are
+    # adjacent in V and M, so each cache line of them is filled (read) at once (samples
+    # outside: 4x4 maps' transforms ran 1.3x slower, every line coming back 4 times).
+    for c in range(g.C):
+        for s in range(n1 - n0):
             _input_transform(g, x + ((n0 + s) * g.C + c) * g.H * g.W, c, s, V, scratch)
     for xi in range(16):
         _products(g, xi, n_cols, U, V, M)
-    for s in range(n1 - n0):
-        for o in range(g.O):
+    for o in range(g.O):
+        for s in range(n1 - n0):
             _output_transform(g, M, o, s, bias[o] if has_bias else 0,
                               y + ((n0 + s) * g.O + o) * g.Ho * g.Wo, scratch)
 
@@ -362,15 +396,15 @@ def forward(const floating[:, :, :, ::1] x,     # IN  (N, C_in, H, W)
             n1 = n0 + nb if n0 + nb < N else N
             n_cols = <int> ((n1 - n0) * g.TH * g.TW)
             for task in prange((n1 - n0) * g.C, schedule='static', num_threads=n_threads):
-                s = task // g.C
-                c = task % g.C
+                c = task // (n1 - n0)  # channel-major, as in _forward_block
+                s = task % (n1 - n0)
                 _input_transform(&g, xs + ((n0 + s) * g.C + c) * g.H * g.W, c, s, V,
                                  &work[threadid(), 0])
             for xi in prange(16, schedule='static', num_threads=n_threads):
                 _products(&g, xi, n_cols, &U[0, 0, 0], V, M)
             for task in prange((n1 - n0) * g.O, schedule='static', num_threads=n_threads):
-                s = task // g.O
-                o = task % g.O
+                o = task // (n1 - n0)
+                s = task % (n1 - n0)
                 _output_transform(&g, M, o, s, bias[o] if has_bias else 0,
                                   ys + ((n0 + s) * g.O + o) * g.Ho * g.Wo,
                                   &work[threadid(), 0])
@@ -428,10 +462,11 @@ cdef void _weight_grad_chunk(const Tiles* g, const floating* x, const floating* 
         b1 = b0 + g.nb
         if b1 > n1:
             b1 = n1
-        for s in range(b1 - b0):
-            for c in range(g.C):
+        for c in range(g.C):  # channel-major, as in _forward_block
+            for s in range(b1 - b0):
                 _input_transform(g, x + ((b0 + s) * g.C + c) * g.H * g.W, c, s, V, scratch)
-            for o in range(g.O):
+        for o in range(g.O):
+            for s in range(b1 - b0):
                 _grad_transform(g, dy + ((b0 + s) * g.O + o) * g.Ho * g.Wo, o, s, D, scratch)
         for xi in range(16):
             _grad_products(g, xi, <int> ((b1 - b0) * g.TH * g.TW), D, V,
@@ -483,8 +518,8 @@ def weight_grad(const floating[:, :, :, ::1] x,      # IN  (N, C_in, H, W)
                 b1 = b0 + nb if b0 + nb < n1 else n1
                 for task in prange((b1 - b0) * (g.C + g.O), schedule='static',
                                    num_threads=n_threads):
-                    s = task // (g.C + g.O)
-                    k = task % (g.C + g.O)
+                    k = task // (b1 - b0)  # channel-major, as in _forward_block
+                    s = task % (b1 - b0)
                     if k < g.C:
                         _input_transform(&g, xs + ((b0 + s) * g.C + k) * g.H * g.W, k, s, V,
                                          &work[threadid(), 0])
