@@ -143,3 +143,64 @@ def test_residual_block_add_relu_gradients_unchanged(rng):
     for layer in reversed(block._body):
         gb = layer.backward(gb)
     np.testing.assert_allclose(gx, gb + block._sc.backward(gz), rtol=1e-12, atol=1e-12)
+
+
+def _unfused_pairs(monkeypatch):
+    from cnncore.layers import containers
+    monkeypatch.setattr(containers, "_bn_relu_pair", lambda bn, relu: False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121"])
+def test_eval_bn_relu_pairs_run_as_one_pass_with_the_same_results(name, dtype, rng,
+                                                                 monkeypatch):
+    """An eval-mode Sequential runs BatchNorm2d -> ReLU as one pass: the same outputs, input
+    gradients and parameter gradients, bit for bit, as the two layers one after the other."""
+    model = _randomise_batch_norms(ZOO[name](dtype), rng)
+    _heads_nonzero(model, rng)
+    model.eval()
+    x = rng.standard_normal((2, 3, 32, 32)).astype(dtype)
+    calls = []
+    original = L.BatchNorm2d._forward_eval_relu
+    monkeypatch.setattr(L.BatchNorm2d, "_forward_eval_relu",
+                        lambda self, x: calls.append(self) or original(self, x))
+    y = model.forward(x)
+    assert calls, "no BatchNorm2d -> ReLU pair ran as one pass"
+    g = rng.standard_normal(y.shape).astype(dtype)
+    gx = model.backward(g)
+    grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _unfused_pairs(monkeypatch)
+    calls.clear()
+    np.testing.assert_array_equal(model.forward(x), y)
+    assert not calls
+    np.testing.assert_array_equal(model.backward(g), gx)
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(p.grad, grads[n], err_msg=n)
+
+
+def test_bn_relu_pairs_only_in_eval_and_unpatched(rng, monkeypatch):
+    """Training mode, a subclass, or a forward replaced on the instance (SyncBatchNorm's
+    conversion, a profiler's wrapper) keep the layers' own forward calls."""
+    calls = []
+    original = L.BatchNorm2d._forward_eval_relu
+    monkeypatch.setattr(L.BatchNorm2d, "_forward_eval_relu",
+                        lambda self, x: calls.append(self) or original(self, x))
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    model = L.Sequential(L.BatchNorm2d(3), L.ReLU())
+    model.forward(x)
+    assert not calls  # training mode: batch statistics
+    model.eval()
+    model.forward(x)
+    assert len(calls) == 1
+    seen = []
+    model[1].forward = lambda x_: seen.append(1) or L.ReLU.forward(model[1], x_)
+    calls.clear()
+    model.forward(x)
+    assert not calls and seen == [1]
+
+    class MyReLU(L.ReLU):
+        pass
+    model = L.Sequential(L.BatchNorm2d(3), MyReLU()).eval()
+    model.forward(x)
+    assert not calls

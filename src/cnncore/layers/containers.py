@@ -4,7 +4,9 @@
 import numpy as np
 
 from .. import functional as F
+from .activation import ReLU
 from .base import Layer, layer_from_config, shape_str
+from .norm import BatchNorm2d
 
 __all__ = ["Sequential", "Residual", "Concat"]
 
@@ -26,6 +28,16 @@ def _scratch_output(y, *others):
             np.may_share_memory(y, o) for o in others):
         return y
     return None
+
+
+def _bn_relu_pair(bn, relu):
+    """Whether ``bn, relu`` run as one pass (:meth:`BatchNorm2d._forward_eval_relu`): an
+    eval-mode BatchNorm2d followed by a ReLU, both of exactly these classes and with their
+    own ``forward`` (not replaced on the instance, as SyncBatchNorm's conversion does). The
+    output is the same array two layers compute (ReLU is exact), and both layers keep what
+    their ``backward`` needs. DenseNet's BN-ReLU pairs, VGG-BN's and ResNet's stem."""
+    return (type(bn) is BatchNorm2d and type(relu) is ReLU and not bn.training
+            and "forward" not in bn.__dict__ and "forward" not in relu.__dict__)
 
 
 def _indent(text):
@@ -106,8 +118,17 @@ class Sequential(_Container):
         return self
 
     def forward(self, x):
-        for layer in self._layers:
+        layers = self._layers
+        i, n = 0, len(layers)
+        while i < n:
+            layer = layers[i]
+            if i + 1 < n and _bn_relu_pair(layer, layers[i + 1]):
+                x = layer._forward_eval_relu(x)
+                layers[i + 1]._x = x  # ReLU's gradient mask: x > 0 where its input is > 0
+                i += 2
+                continue
             x = layer.forward(x)
+            i += 1
         return x
 
     def backward(self, grad_out):

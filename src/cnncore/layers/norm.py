@@ -75,6 +75,20 @@ class _BatchNorm(Layer):
         self._cache = (x, mean, inv_std, self.training)
         return y
 
+    def _forward_eval_relu(self, x):
+        """``relu(forward(x))`` in eval mode, in one pass over memory (the same values: the
+        affine map as :func:`cnncore.functional.batch_norm` computes it, then max(., 0)); the
+        cache is the one :meth:`forward` keeps. Called by Sequential for a BatchNorm2d
+        followed by a ReLU."""
+        x = np.ascontiguousarray(self._check_dtype(x))
+        self._check(x.shape)
+        dt = x.dtype
+        mean = self.running_mean.astype(dt)
+        inv_std = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)).astype(dt)
+        y = K.batch_norm_relu_eval(x, self.weight.data * inv_std, self.bias.data, mean)
+        self._cache = (x, mean, inv_std, False)
+        return y
+
     def backward(self, grad_out):
         if self._cache is None:
             raise self._backward_before_forward()
