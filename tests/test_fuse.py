@@ -151,11 +151,12 @@ def _unfused_pairs(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "densenet121"])
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "resnet50", "densenet121"])
 def test_eval_bn_relu_pairs_run_as_one_pass_with_the_same_results(name, dtype, rng,
                                                                  monkeypatch):
-    """An eval-mode Sequential runs BatchNorm2d -> ReLU as one pass: the same outputs, input
-    gradients and parameter gradients, bit for bit, as the two layers one after the other."""
+    """An eval-mode Sequential (and a residual block's body) runs BatchNorm2d -> ReLU as one
+    pass: the same outputs, input gradients and parameter gradients, bit for bit, as the two
+    layers one after the other."""
     model = _randomise_batch_norms(ZOO[name](dtype), rng)
     _heads_nonzero(model, rng)
     model.eval()

@@ -40,6 +40,22 @@ def _bn_relu_pair(bn, relu):
             and "forward" not in bn.__dict__ and "forward" not in relu.__dict__)
 
 
+def run_layers(layers, x):
+    """``x`` through ``layers`` one after the other (Sequential's forward; the body of a zoo
+    ResidualBlock), with each :func:`_bn_relu_pair` as one pass."""
+    i, n = 0, len(layers)
+    while i < n:
+        layer = layers[i]
+        if i + 1 < n and _bn_relu_pair(layer, layers[i + 1]):
+            x = layer._forward_eval_relu(x)
+            layers[i + 1]._x = x  # ReLU's gradient mask: x > 0 where its input is > 0
+            i += 2
+            continue
+        x = layer.forward(x)
+        i += 1
+    return x
+
+
 def _indent(text):
     return text.replace("\n", "\n  ")
 
@@ -118,18 +134,7 @@ class Sequential(_Container):
         return self
 
     def forward(self, x):
-        layers = self._layers
-        i, n = 0, len(layers)
-        while i < n:
-            layer = layers[i]
-            if i + 1 < n and _bn_relu_pair(layer, layers[i + 1]):
-                x = layer._forward_eval_relu(x)
-                layers[i + 1]._x = x  # ReLU's gradient mask: x > 0 where its input is > 0
-                i += 2
-                continue
-            x = layer.forward(x)
-            i += 1
-        return x
+        return run_layers(self._layers, x)
 
     def backward(self, grad_out):
         for layer in reversed(self._layers):

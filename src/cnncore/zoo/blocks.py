@@ -19,7 +19,7 @@ import numpy as np
 from .. import functional as F
 from ..layers.activation import ReLU
 from ..layers.base import Layer
-from ..layers.containers import Sequential, _as_layers, _scratch_output
+from ..layers.containers import Sequential, _as_layers, _scratch_output, run_layers
 
 __all__ = ["NamedSequential", "ResidualBlock", "DenseLayer", "ResNet", "VGG", "AlexNet",
            "DenseNet"]
@@ -150,9 +150,7 @@ class ResidualBlock(NamedSequential):
         raise TypeError("ResidualBlock: children are fixed at construction")
 
     def forward(self, x):
-        y = x
-        for layer in self._body:
-            y = layer.forward(y)
+        y = run_layers(self._body, x)
         s = x if self._sc is None else self._sc.forward(x)
         if y.shape != s.shape:
             raise self._mismatch(y.shape, s.shape)
