@@ -131,8 +131,8 @@ static inline void cnn_wino_grad_row_##S(const T* CNN_RESTRICT r0,              
     v = D + 15 * ps; for (ptrdiff_t t = 0; t < tw; t++) v[t] = d[t];                      \
 }                                                                                         \
                                                                                           \
-/* Small maps (a few tiles a row: ResNet's and VGG's last stages, 2x2 to 8x8): the row     \
- * functions above spend more on loop set-up than on their loops of 2-4 tiles, so these   \
+/* Small maps (1-2 tiles a row, maps up to 4 wide: ResNet's and VGG's last stages): the    \
+ * row functions above spend more on loop set-up than on their loops of 1-2 tiles, so these\
  * do one tile at a time, fully unrolled, with the same sums in the same order (the       \
  * results are identical). */                                                             \
                                                                                           \

@@ -71,7 +71,8 @@ cdef extern from "cnncore_winograd.h" nogil:
 # 24 ms); a block is transformed into a small buffer and copied out as 16 runs (~1 ms).
 cdef enum:
     # Tile rows of at most this many tiles are transformed tile by tile (the row functions'
-    # loop set-up costs more than their 2-4 tiles; cnn_wino_input_tiles).
+    # loop set-up costs more than their 1-2 tiles; at 4 tiles, 8x8 maps, tile by tile was
+    # 1.3x slower; cnn_wino_input_tiles).
     _SMALL_TW = 2
     _FB = 64
     _TB = 32  # block edge of the transposes in transform_for_input_grad
@@ -215,10 +216,11 @@ cdef Tiles _tiles(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O, Py_ssi
     return g
 
 
-cdef void _pad_plane(const Tiles* g, const floating* x, floating* xp) noexcept nogil:
+cdef void _pad_plane(const Tiles* g, const floating* x, floating* xp,
+                     bint split) noexcept nogil:
     """Copy one (H, W) plane into the zero-padded (Hp, Wp) plane ``xp``, with the image at
-    offset (ph, pw); Hp = 2*TH + 2 and Wp = 2*TW + 2 cover every tile. Each row is stored
-    split, even columns first (see cnn_wino_split_row)."""
+    offset (ph, pw); Hp = 2*TH + 2 and Wp = 2*TW + 2 cover every tile. With ``split`` each
+    row is stored split, even columns first (see cnn_wino_split_row), else as it is."""
     cdef Py_ssize_t h, rows = g.H, cols = g.W
     if rows > g.Hp - g.ph:
         rows = g.Hp - g.ph
@@ -226,32 +228,32 @@ cdef void _pad_plane(const Tiles* g, const floating* x, floating* xp) noexcept n
         cols = g.Wp - g.pw
     memset(xp, 0, g.Hp * g.Wp * sizeof(floating))
     for h in range(rows):
-        _split_row(xp + (h + g.ph) * g.Wp, g.Wp // 2, x + h * g.W, cols, g.pw)
+        if split:
+            _split_row(xp + (h + g.ph) * g.Wp, g.Wp // 2, x + h * g.W, cols, g.pw)
+        else:
+            memcpy(xp + (h + g.ph) * g.Wp + g.pw, x + h * g.W, cols * sizeof(floating))
 
 
 cdef void _input_transform(const Tiles* g, const floating* x, Py_ssize_t c, Py_ssize_t s,
                            floating* V, floating* scratch) noexcept nogil:
     """V[xi, c, tiles of sample s] = B^T d B for every tile d of the (H, W) plane ``x``
     (channel c of sample s of the block), padded into ``scratch`` first, then one tile row
-    at a time (csrc/cnncore_winograd.h). scratch: plane_size elements."""
-    cdef Py_ssize_t ty, h, rows, cols
+    at a time, or tile by tile on small maps (csrc/cnncore_winograd.h). scratch:
+    plane_size elements."""
+    cdef Py_ssize_t ty
     cdef floating* xp = scratch
     cdef floating* e = scratch + g.Hp * g.Wp
     cdef const floating* r
     cdef floating* v
-    if g.TW <= _SMALL_TW:  # tile by tile from a plain padded plane
-        rows = g.H if g.H < g.Hp - g.ph else g.Hp - g.ph
-        cols = g.W if g.W < g.Wp - g.pw else g.Wp - g.pw
-        memset(xp, 0, g.Hp * g.Wp * sizeof(floating))
-        for h in range(rows):
-            memcpy(xp + (h + g.ph) * g.Wp + g.pw, x + h * g.W, cols * sizeof(floating))
+    cdef bint small = g.TW <= _SMALL_TW  # tile by tile from a plain padded plane
+    _pad_plane(g, x, xp, not small)
+    if small:
         v = V + c * g.T + s * g.TH * g.TW
         if floating is float:
             cnn_wino_input_tiles_f(xp, g.Wp, g.TH, g.TW, v, g.C * g.T)
         else:
             cnn_wino_input_tiles_d(xp, g.Wp, g.TH, g.TW, v, g.C * g.T)
         return
-    _pad_plane(g, x, xp)
     for ty in range(g.TH):
         r = xp + 2 * ty * g.Wp  # rows 2ty .. 2ty+3 of the padded plane
         v = V + c * g.T + (s * g.TH + ty) * g.TW
